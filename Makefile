@@ -1,0 +1,48 @@
+# vqformer — `make help` lists the targets.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+HARDWARE ?= cpu
+ARGS ?=
+
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-block bench results clean-logs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps gensim==4.4.0   # ships the wiki_sample corpus; not imported
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with torch, the requirements and vqformer (editable)
+
+demo: install ## train the embedded default (small Transformer-VQ on wiki_sample, CPU, < 10 min)
+	$(PY) -m vqformer.train $(ARGS)
+
+test: install ## the test suite (CPU, < 15 min)
+	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
+
+test-full: install ## every test, including slow ones
+	$(PY) -m pytest -q $(ARGS)
+
+data-enwik8: install ## download and prepare enwik8 under data/enwik8
+	$(PY) -m vqformer.data.prepare enwik8 --root data
+
+repro-enwik8: install ## the paper's enwik8 run (HARDWARE=slurm_a100x8 sends it to SLURM)
+	$(PY) -m vqformer.train -m experiment=tvq/enwik8 hardware=$(HARDWARE) $(ARGS)
+
+sweep-codebook: install ## codebook-size ablation as one multirun (S = 256, 512, 1024)
+	$(PY) -m vqformer.train -m experiment=tvq/ablation_codebook hardware=$(HARDWARE) $(ARGS)
+
+sweep-block: install ## block-length sweep as one multirun
+	$(PY) -m vqformer.train -m experiment=tvq/sweep_block hardware=$(HARDWARE) $(ARGS)
+
+clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
+	rm -rf logs

@@ -1,0 +1,80 @@
+"""Validation of a composed run config before any work starts.
+
+Each check raises ``ConfigError`` (a ``ValueError``) with one message that names the offending key, so an
+impossible config stops before data is prepared or a model is built.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from omegaconf import DictConfig, OmegaConf
+
+from .nn import TransformerVQConfig
+
+
+def short_dirname(name: str, max_len: int = 120) -> str:
+    """A run-directory name from Hydra's override string, cut and hashed when too long for a file name."""
+    name = name.replace("/", "_")
+    if len(name) <= max_len:
+        return name
+    return f"{name[:max_len - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
+
+
+# Named, pure resolvers only (no `eval`): registered on import, before Hydra composes.
+if not OmegaConf.has_resolver("vqformer.dirname"):
+    OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def model_config(cfg: DictConfig) -> TransformerVQConfig:
+    """The typed model config; its own validation names ``model.<field>``."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    unknown = set(kwargs) - set(TransformerVQConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"model: unknown field(s) {sorted(unknown)}; "
+                          f"known: {sorted(TransformerVQConfig.__dataclass_fields__)}")
+    try:
+        return TransformerVQConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+    from .data.bytes_corpus import CORPORA  # the data layer's registry of known corpora
+
+    mcfg = model_config(cfg)
+    T = _positive_int(cfg, "sequence_len")
+    W = _positive_int(cfg, "update_len")
+    for key in ("data.batch_size", "trainer.max_steps", "ckpt_every", "eval_window"):
+        _positive_int(cfg, key)
+    if cfg.data.name not in CORPORA:
+        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {sorted(CORPORA)}")
+    if T % W:
+        raise ConfigError(f"update_len={W} must divide sequence_len={T}")
+    try:
+        mcfg.check_sequence_len("update_len", W)
+        mcfg.check_sequence_len("eval_window", cfg.eval_window)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    eval_len = cfg.data.get("eval_sequence_len") or T
+    if eval_len % cfg.eval_window:
+        raise ConfigError(f"eval_window={cfg.eval_window} must divide the evaluation sequence length {eval_len} "
+                          "(data.eval_sequence_len or sequence_len)")
+    if cfg.ckpt_every % (T // W):
+        raise ConfigError(f"ckpt_every={cfg.ckpt_every} must be a multiple of sequence_len/update_len={T // W} "
+                          "(one training batch makes that many optimizer updates)")
+    mb = cfg.get("micro_batch_size")
+    if mb is not None and (not isinstance(mb, int) or mb < 1 or cfg.data.batch_size % mb):
+        raise ConfigError(f"micro_batch_size={mb!r} must be a positive integer dividing data.batch_size="
+                          f"{cfg.data.batch_size}")
+    return mcfg

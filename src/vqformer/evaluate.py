@@ -1,0 +1,23 @@
+"""Evaluate a run's checkpoint on a whole split: ``python -m vqformer.evaluate run_dir=... split=test``."""
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    from .lit.runner import evaluate
+    metrics = evaluate(cfg.run_dir, cfg.split, cfg.ckpt, cfg.eval_sequence_len, cfg.eval_window,
+                       cfg.limit_eval_bytes, cfg.batch_size)
+    stage = "val" if cfg.split == "validation" else "test"
+    print(f"[vqformer] {cfg.split}: loss {metrics[f'{stage}/loss']:.4f} nats/token, "
+          f"{metrics[f'{stage}/bpb']:.4f} bits per byte over {int(metrics[f'{stage}/tokens'])} tokens")
+    out = Path(cfg.run_dir) / f"eval_{cfg.split}.json"
+    out.write_text(json.dumps({"metrics": metrics, "eval_config": OmegaConf.to_container(cfg)}, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The attention unit (GAU / MQA / MHA with VQ or full attention) and the squared-ReLU MLP.
+
+Spec: ``shared/research/transformer_vq.md``
+  §1.2  one GAU: pre-RMSNorm, q and k RMSNorm without gain scaled by D_k^-1/4, SiLU values and gate,
+        quantized keys, attention, output projection, residual dropout,
+  §1.3  head types shga / mqa / mha and the MLP that follows mqa and mha,
+  §1.4  Transformer-XL relative bias ``(q + v')·r_d`` inside the band ``d <= L`` (all distances for full),
+  §1.6  initialisation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import FullAttentionState, full_attention, relative_distances, vq_attention
+from .norm import RMSNorm, rms_norm
+from .position import sin_emb
+from .quantizer import VectorQuantizer
+
+HEAD_TYPES = ("shga", "mqa", "mha")
+ATTN_TYPES = ("vq", "full")
+
+
+def dense(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+    """Linear layer with the official N(0, 1/fan_in) kernel and zero bias (§1.6)."""
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    nn.init.normal_(lin.weight, 0.0, d_in ** -0.5)
+    if bias:
+        nn.init.zeros_(lin.bias)
+    return lin
+
+
+def head_dims(head_type: str, d_model: int, d_k: int, d_v: int) -> tuple[int, int, int]:
+    """(query heads, key/value heads = codebooks, value width per head) of §1.3's table."""
+    if head_type == "shga":
+        return 1, 1, d_v
+    n = d_model // d_k
+    return (n, 1, d_k) if head_type == "mqa" else (n, n, d_k)
+
+
+class AttentionUnit(nn.Module):
+    """``y = Dropout_res(((attention(q, k̂, v)) ⊙ g) W_O)``; the caller adds the residual."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        D, Dk = cfg.d_model, cfg.d_k
+        self.h_q, self.h_kv, self.d_v = head_dims(cfg.head_type, D, Dk, cfg.d_v)
+        self.gated = cfg.head_type == "shga"
+        self.h_r = self.h_q if cfg.head_type == "mha" else 1
+        self.norm = RMSNorm(D)
+        self.w_q = dense(D, self.h_q * Dk)
+        self.w_k = dense(D, self.h_kv * Dk)
+        self.w_v = dense(D, self.h_kv * self.d_v)
+        self.w_g = dense(D, self.h_q * self.d_v) if self.gated else None
+        self.w_r = dense(D, self.h_r * Dk)
+        self.w_o = dense(self.h_q * self.d_v, D)
+        # 1-D like the official u, v: excluded from weight decay by the ndim rule (§4.2).
+        self.xl_u = nn.Parameter(torch.zeros(self.h_q * Dk))
+        self.xl_v = nn.Parameter(torch.zeros(self.h_q * Dk))
+        self.quantizer = (VectorQuantizer(self.h_kv, cfg.n_code, Dk, cfg.c_gamma)
+                          if cfg.attn_type == "vq" else None)
+
+    def _heads(self, x: Tensor, h: int) -> Tensor:
+        return x.view(*x.shape[:2], h, -1).transpose(1, 2)          # [B,T,h·d] -> [B,h,T,d]
+
+    def _rel_scores(self, qv: Tensor, distances: Tensor, sin_mask: Tensor | None) -> Tensor:
+        """``(q + v')·r_d`` for each distance d in ``distances`` -> [B,Hq,T,len(distances)]."""
+        table = sin_emb(distances, self.cfg.d_model, self.cfg.pe_lam).to(qv.dtype)
+        if sin_mask is not None:
+            table = table * sin_mask[: table.shape[0]].to(table.dtype)
+        r = self.w_r(table).view(len(distances), self.h_r, -1).transpose(0, 1) * self.cfg.d_k ** -0.25
+        return torch.einsum("bhtd,hnd->bhtn", qv, r.expand(self.h_q, -1, -1))
+
+    def forward(self, x: Tensor, state=None, sin_mask: Tensor | None = None):
+        cfg, scale = self.cfg, self.cfg.d_k ** -0.25
+        h = self.norm(x)
+        q = rms_norm(self._heads(self.w_q(h), self.h_q)) * scale
+        k = rms_norm(self._heads(self.w_k(h), self.h_kv)) * scale
+        v = self._heads(self.w_v(h), self.h_kv)
+        if self.gated:
+            v = F.silu(v)
+        qu = q + self.xl_u.view(self.h_q, 1, -1) * scale
+        qv = q + self.xl_v.view(self.h_q, 1, -1) * scale
+
+        if self.quantizer is not None:
+            vq = self.quantizer(k)
+            L = cfg.block_len
+            band = self._rel_scores(qv, torch.arange(L + 1, device=x.device), sin_mask)
+            o, state = vq_attention(qu, vq.k_hat, v, vq.codes, self.quantizer.codebook.to(q.dtype), L,
+                                    band_bias=band, agg_cache=cfg.agg_cache, state=state,
+                                    grad_thru_cache=cfg.grad_thru_cache)
+            commit, stats = vq.commit_loss, vq.stats
+        else:
+            pos = 0 if state is None else state.pos
+            n_keys = pos + x.shape[1]
+            rel = self._rel_scores(qv, torch.arange(n_keys, device=x.device), sin_mask)
+            d = relative_distances(x.shape[1], pos, n_keys, device=x.device)
+            bias = torch.gather(rel, -1, d.clamp(min=0).expand(*rel.shape[:2], -1, -1))
+            o, state = full_attention(qu, k, v, bias=bias, state=state)
+            commit, stats = x.new_zeros(()), {}
+
+        o = o.transpose(1, 2).reshape(*x.shape[:2], -1)                 # [B,T,Hq·Dv]
+        if self.gated:
+            o = o * F.silu(self.w_g(h))
+        y = F.dropout(self.w_o(o), cfg.p_dropres, self.training)
+        return y, commit, stats, state
+
+
+class MLP(nn.Module):
+    """RMSNorm -> Dense -> squared ReLU -> Dense, no biases (§1.3)."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.w_in = dense(d_model, d_ff)
+        self.w_out = dense(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_out(F.relu(self.w_in(self.norm(x))).square())
+
+
+__all__ = ["AttentionUnit", "MLP", "dense", "head_dims", "HEAD_TYPES", "ATTN_TYPES", "FullAttentionState"]

@@ -1,0 +1,192 @@
+"""The Transformer-VQ decoder language model and its typed configuration.
+
+Spec: ``shared/research/transformer_vq.md``
+  §1.1  stack: N(0,1) embedding, optional absolute sinusoid scaled by a scalar initialised to 0,
+        ``n_layer`` layers (shga: two GAUs; mqa/mha: attention + MLP), optional final RMSNorm, tied or
+        untied output with bias, logits × ``e_scale``,
+  §1.5  dropouts, LayerDrop as a per-example mask on each residual branch rescaled by 1/(1-p),
+  §2    commit loss summed over attention units; EMA codebook update via ``update_codebooks()``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import ATTN_TYPES, HEAD_TYPES, MLP, AttentionUnit, dense
+from .functional import _TensorState
+from .norm import RMSNorm
+from .position import sin_emb
+
+
+@dataclass
+class TransformerVQConfig:
+    """Field names follow the official knobs (``scripts/lm_*.sh``, §4.1); defaults are the enwik8 model."""
+    vocab_size: int = 259
+    d_model: int = 768
+    d_k: int = 128
+    d_v: int = 1536
+    d_ff: int | None = None          # mqa/mha MLP width; None: 5·d_model (mqa) or 4·d_model (mha)
+    n_layer: int = 24
+    head_type: str = "shga"
+    attn_type: str = "vq"
+    n_code: int = 512
+    block_len: int = 512
+    mem_len: int | None = None       # band length M; the paper (and this port) require M = L
+    agg_cache: bool = True
+    grad_thru_cache: bool = True
+    c_beta: float = 1e-4
+    c_gamma: float = 0.99
+    p_dropsin: float = 0.0
+    p_dropres: float = 0.0
+    p_droplyr: float = 0.0
+    p_dropemb: float = 0.0
+    e_tie: bool = False
+    e_preln: bool = False
+    e_scale: float = 1.0
+    pe_abs: bool = False
+    pe_lam: float = 1e5
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, allowed):
+            raise ValueError(f"model.{name}={getattr(self, name)!r} is invalid: {allowed}")
+        for name in ("vocab_size", "d_model", "d_k", "d_v", "n_layer", "n_code", "block_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        if self.head_type not in HEAD_TYPES:
+            bad("head_type", f"choose one of {list(HEAD_TYPES)}")
+        if self.attn_type not in ATTN_TYPES:
+            bad("attn_type", f"choose one of {list(ATTN_TYPES)}")
+        if self.head_type != "shga" and self.d_model % self.d_k:
+            bad("d_k", f"must divide d_model={self.d_model} for head_type={self.head_type}")
+        if self.mem_len is not None and self.mem_len != self.block_len:
+            bad("mem_len", f"must equal block_len={self.block_len} (the band length M = L of the paper)")
+        if self.d_ff is not None and self.d_ff < 1:
+            bad("d_ff", "must be a positive integer or null")
+        if self.d_model % 2:
+            bad("d_model", "must be even (sinusoid tables)")
+        for name in ("p_dropsin", "p_dropres", "p_droplyr", "p_dropemb"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, "must be in [0, 1)")
+        if not 0.0 <= self.c_gamma < 1.0:
+            bad("c_gamma", "must be in [0, 1)")
+        if self.c_beta < 0:
+            bad("c_beta", "must be >= 0")
+
+    def check_sequence_len(self, name: str, length: int) -> None:
+        """Raise if ``block_len`` does not divide a length the model will be run on."""
+        if length < 1 or length % self.block_len:
+            raise ValueError(f"model.block_len={self.block_len} must divide {name}={length}")
+
+    @property
+    def ffn_width(self) -> int:
+        return self.d_ff or (5 if self.head_type == "mqa" else 4) * self.d_model
+
+
+@dataclass
+class DecoderState(_TensorState):
+    """Per-unit attention states and the absolute position, carried across windows and sampling steps."""
+    pos: int = 0
+    units: list = field(default_factory=list)
+
+    def detach(self):
+        return DecoderState(self.pos, [None if s is None else s.detach() for s in self.units])
+
+
+@dataclass
+class Aux:
+    commit_loss: Tensor   # summed over attention units (weighted by c_beta in the training loss)
+    stats: dict           # codebook health averaged over units
+    state: DecoderState
+
+
+class TransformerVQ(nn.Module):
+    def __init__(self, cfg: TransformerVQConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, D)
+        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        self.pe_scale = nn.Parameter(torch.zeros(())) if cfg.pe_abs else None
+        # One flat list of residual branches: (GAU, GAU) per layer for shga, (attention, MLP) otherwise.
+        self.branches = nn.ModuleList()
+        for _ in range(cfg.n_layer):
+            second = AttentionUnit(cfg) if cfg.head_type == "shga" else MLP(D, cfg.ffn_width)
+            self.branches.extend([AttentionUnit(cfg), second])
+        self.units = [b for b in self.branches if isinstance(b, AttentionUnit)]
+        self.final_norm = RMSNorm(D) if cfg.e_preln else None
+        self.out = None if cfg.e_tie else dense(D, cfg.vocab_size, bias=True)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.e_tie else None
+
+    def empty_state(self) -> DecoderState:
+        """A fresh state that accepts pieces of any length (sampling); ``state=None`` requires whole blocks."""
+        return DecoderState(0, [None] * len(self.units))
+
+    def quantizers(self):
+        return [u.quantizer for u in self.units if u.quantizer is not None]
+
+    @torch.no_grad()
+    def update_codebooks(self) -> None:
+        """Apply the EMA codebook step to the statistics of the current optimizer step (after backward)."""
+        for qz in self.quantizers():
+            qz.update()
+
+    def _drop_masks(self, B: int, n_sin: int, device, drop_seed: int | None):
+        """LayerDrop [branches, B] and sinusoid-dropout [n_sin, D] masks, rescaled (§1.5).
+
+        A ``drop_seed`` draws them from a seeded generator, so all update windows of one training batch
+        share them, as the official "timeless" RNG does.
+        """
+        cfg = self.cfg
+        if not self.training or (cfg.p_droplyr == 0 and cfg.p_dropsin == 0):
+            return None, None
+        gen = None if drop_seed is None else torch.Generator(device=device).manual_seed(drop_seed)
+
+        def mask(shape, p):
+            return None if p == 0 else (torch.rand(shape, generator=gen, device=device) >= p).float() / (1 - p)
+        return mask((len(self.branches), B), cfg.p_droplyr), mask((n_sin, cfg.d_model), cfg.p_dropsin)
+
+    def forward(self, tokens: Tensor, state: DecoderState | None = None,
+                drop_seed: int | None = None) -> tuple[Tensor, Aux]:
+        """tokens [B,T] -> logits [B,T,V] and the auxiliary record (commit loss, statistics, new state)."""
+        cfg = self.cfg
+        B, T = tokens.shape
+        if state is None:
+            cfg.check_sequence_len("the input length", T)
+            state = self.empty_state()
+        n_sin = cfg.block_len + 1 if cfg.attn_type == "vq" else state.pos + T
+        layer_mask, sin_mask = self._drop_masks(B, n_sin, tokens.device, drop_seed)
+
+        x = self.embed(tokens)
+        if self.pe_scale is not None:
+            pos = torch.arange(state.pos, state.pos + T, device=tokens.device)
+            x = x + self.pe_scale * sin_emb(pos, cfg.d_model, cfg.pe_lam).to(x.dtype)
+        x = F.dropout(x, cfg.p_dropemb, self.training)
+
+        commit, stats, new_units = x.new_zeros(()), [], []
+        for i, branch in enumerate(self.branches):
+            if isinstance(branch, AttentionUnit):
+                y, c, s, st = branch(x, state.units[len(new_units)], sin_mask)
+                commit = commit + c
+                stats.append(s)
+                new_units.append(st)
+            else:
+                y = branch(x)
+            if layer_mask is not None:
+                y = y * layer_mask[i].to(y.dtype)[:, None, None]
+            x = x + y
+
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = (x @ self.embed.weight.T + self.out_bias) if cfg.e_tie else self.out(x)
+        logits = logits * cfg.e_scale
+        stats = {k: torch.stack([s[k] for s in stats]).mean() for k in (stats[0] if stats and stats[0] else {})}
+        return logits, Aux(commit, stats, DecoderState(state.pos + T, new_units))
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)

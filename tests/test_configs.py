@@ -1,0 +1,108 @@
+"""Every experiment composes and validates, the defaults order is the documented one, sweeps expand to
+the expected number of jobs, and impossible configs fail with a message naming the key."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from vqformer.config import ConfigError, validate_train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
+                     for p in (CONF / "experiment").rglob("*.yaml"))
+# Jobs each sweep file must expand to (the grid of its table).
+SWEEP_SIZES = {"tvq/ablation_codebook": 3, "tvq/sweep_block": 3}
+
+
+def make_cfg(*overrides: str, config_name: str = "train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_experiments_exist():
+    assert "tvq/enwik8" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = make_cfg(f"experiment={experiment}")
+    for key in cfg:                              # every interpolation outside hydra's own node resolves
+        if key != "hydra":
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+    validate_train(cfg)
+    assert cfg.name == experiment, "each experiment names itself (W&B group and run directory)"
+
+
+def count_jobs(params) -> int:
+    parser = OverridesParser.create()
+    sizes = [len(list(parser.parse_override(f"{k}={v}").sweep_iterator())) for k, v in params.items()]
+    return len(list(itertools.product(*[range(n) for n in sizes])))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_sweeps_expand_to_expected_jobs(experiment):
+    params = OmegaConf.select(make_cfg(f"experiment={experiment}"), "hydra.sweeper.params") or {}
+    assert (count_jobs(params) if params else 1) == SWEEP_SIZES.get(experiment, 1)
+
+
+def test_defaults_order_experiment_then_debug():
+    cfg = make_cfg("experiment=tvq/enwik8", "debug=fast")
+    assert cfg.model.d_model == 768            # experiment beats the model group
+    assert cfg.model.n_code == 512             # experiment's codebook choice beats the default s64
+    assert cfg.trainer.max_steps == 4          # debug beats the experiment
+    assert cfg.logger.wandb is None            # debug's logger override
+
+
+def test_group_options_override_only_their_keys():
+    base = OmegaConf.to_container(make_cfg(), resolve=False)
+    new = OmegaConf.to_container(make_cfg("codebook=s512", "block=l256"), resolve=False)
+    changed = {k for k in base["model"] if base["model"][k] != new["model"][k]}
+    assert changed == {"n_code", "block_len", "mem_len"}
+    assert new["model"]["n_code"] == 512 and new["model"]["block_len"] == 256
+    base.pop("hydra"), new.pop("hydra")
+    base.pop("model"), new.pop("model")
+    assert base == new
+
+
+def test_default_is_the_embedded_demo():
+    cfg = make_cfg()
+    assert cfg.data.name == "wiki_sample" and cfg.trainer.accelerator == "cpu"
+    assert cfg.model.attn_type == "vq"
+    validate_train(cfg)
+
+
+def test_no_absolute_paths_or_eval_resolvers_in_configs():
+    for p in CONF.rglob("*.yaml"):
+        text = p.read_text()
+        assert "${eval:" not in text, p
+        assert not any(line.split(":", 1)[-1].strip().startswith("/") for line in text.splitlines()
+                       if not line.strip().startswith(("#", "-"))), p
+
+
+@pytest.mark.parametrize("override, key", [
+    (["block=l512"], "block_len"),                      # L=512 does not divide update_len=256
+    (["update_len=96"], "update_len"),                  # does not divide sequence_len=256
+    (["data.name=nope"], "data.name"),
+    (["data.batch_size=-1"], "data.batch_size"),
+    (["sequence_len=-5"], "sequence_len"),
+    (["model.n_code=0"], "model.n_code"),
+    (["model.head_type=gqa"], "model.head_type"),
+    (["model.mem_len=32"], "model.mem_len"),
+    (["+model.n_heads=4"], "n_heads"),
+    (["micro_batch_size=3"], "micro_batch_size"),
+    (["sequence_len=512", "update_len=256", "ckpt_every=3"], "ckpt_every"),
+])
+def test_bad_config_fails_naming_the_key(override, key):
+    cfg = make_cfg(*override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_train(cfg)
