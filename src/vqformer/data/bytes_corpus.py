@@ -39,6 +39,7 @@ __all__ = [
     "ENWIK8_URL",
     "SPLITS",
     "corpus_dir",
+    "generate_bytes",
     "prepare",
     "prepare_enwik8",
     "prepare_generated",
