@@ -401,3 +401,14 @@ def test_eval_split_covered_once_in_order(tmp_path):
     # The test split is never truncated.
     test_mask = torch.cat([b["mask"] for b in limited.test_dataloader()])
     assert int(test_mask.sum()) == limited.n_bytes("test") == 1000
+
+
+def test_window_sampler_shards_by_rank_without_overlap():
+    from vqformer.data.lm_datamodule import WindowSampler
+
+    full = WindowSampler(10_000, 64, seed=3)
+    shards = [WindowSampler(10_000, 64, seed=3, rank=r, world_size=3) for r in range(3)]
+    got = [set(s.offsets(1).tolist()) for s in shards]
+    assert all(len(g) == len(shards[0]) == full.n_windows // 3 for g in got)
+    assert not (got[0] & got[1]) and not (got[1] & got[2]) and not (got[0] & got[2])
+    assert set().union(*got) <= set(full.offsets(1).tolist())

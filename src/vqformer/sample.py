@@ -7,7 +7,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-EOS, OFFSET = 1, 3
+from .data.lm_datamodule import BYTE_OFFSET, EOS
 
 
 def nucleus(logits: torch.Tensor, p: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -37,11 +37,11 @@ def generate(model, prompt: torch.Tensor, n_tokens: int, p: float, temperature: 
 def main(cfg: DictConfig) -> None:
     from .lit.checkpoint import load_module
     model = load_module(cfg.run_dir, cfg.ckpt).model
-    prompt = [EOS] + [b + OFFSET for b in cfg.prompt.encode("utf-8")]
+    prompt = [EOS] + [b + BYTE_OFFSET for b in cfg.prompt.encode("utf-8")]
     x = torch.tensor([prompt] * cfg.n_samples)
     toks = generate(model, x, cfg.n_tokens, cfg.p_nucleus, cfg.temperature, cfg.seed)
     for row in toks.tolist():
-        text = bytes(t - OFFSET for t in row if t >= OFFSET).decode("utf-8", errors="replace")
+        text = bytes(t - BYTE_OFFSET for t in row if t >= BYTE_OFFSET).decode("utf-8", errors="replace")
         print(cfg.prompt + text)
         print("-" * 80)
 

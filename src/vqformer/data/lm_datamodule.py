@@ -127,7 +127,7 @@ class EvalSequenceDataset(Dataset):
 class WindowSampler(Sampler[int]):
     """Yields window start offsets for one epoch; see the module docstring for the scheme."""
 
-    def __init__(self, n_bytes: int, sequence_len: int, seed: int):
+    def __init__(self, n_bytes: int, sequence_len: int, seed: int, rank: int = 0, world_size: int = 1):
         if n_bytes < sequence_len:
             raise ValueError(f"cannot cut windows of {sequence_len} bytes from {n_bytes} bytes")
         self.sequence_len = sequence_len
@@ -135,6 +135,9 @@ class WindowSampler(Sampler[int]):
         self.n_windows = max(1, (n_bytes - sequence_len + 1) // sequence_len)
         # Largest shift that keeps the last window inside the corpus (T - 1 unless the corpus is tiny).
         self.max_shift = min(sequence_len - 1, n_bytes - self.n_windows * sequence_len)
+        # Under DDP every rank draws the same epoch order and takes every world_size-th window of it, so
+        # the sampler (and its exact resume) stays ours instead of Lightning's DistributedSampler.
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._skip = 0
         # Epoch and skip of the iteration in progress, for the loader's state_dict.
@@ -142,7 +145,7 @@ class WindowSampler(Sampler[int]):
         self.active_skip = 0
 
     def __len__(self) -> int:
-        return self.n_windows
+        return self.n_windows // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         # Lightning calls this after restoring a mid-epoch state for the same epoch: keep the skip then.
@@ -156,7 +159,8 @@ class WindowSampler(Sampler[int]):
     def offsets(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         shift = int(rng.integers(0, self.max_shift + 1))
-        return rng.permutation(self.n_windows) * self.sequence_len + shift
+        order = rng.permutation(self.n_windows)[self.rank::self.world_size][: len(self)]
+        return order * self.sequence_len + shift
 
     def __iter__(self) -> Iterator[int]:
         # The epoch is read when iteration starts, not at construction: with workers the
@@ -315,7 +319,8 @@ class ByteLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         path = self._split_path("train")
-        sampler = WindowSampler(os.path.getsize(path), self.sequence_len, self.seed)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = WindowSampler(os.path.getsize(path), self.sequence_len, self.seed, rank, world)
         return ResumableDataLoader(
             TrainWindowDataset(path, self.sequence_len),
             batch_size=self.batch_size,
