@@ -288,8 +288,8 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None = Non
     """Causal softmax attention over every earlier key, through ``scaled_dot_product_attention``.
 
     ``bias [B,Hq,T,P+T]`` is added to the scores against all P cached and T new keys (the module builds
-    the Transformer-XL relative term there). The state keeps every key and value (quadratic memory: it
-    is the baseline).
+    the Transformer-XL relative term there). Scores are ``q·k`` unscaled: the module has already scaled q
+    and k by D_k^-1/4 each. The state keeps every key and value (quadratic memory: it is the baseline).
     """
     B, Hq, T, _ = q.shape
     if state is not None:
@@ -298,12 +298,12 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None = Non
     new = FullAttentionState(pos=(0 if state is None else state.pos) + T, k=k, v=v)
     ke, ve = _expand_kv(k, Hq), _expand_kv(v, Hq)
     if bias is None and P == 0:
-        return F.scaled_dot_product_attention(q, ke, ve, is_causal=True), new
+        return F.scaled_dot_product_attention(q, ke, ve, is_causal=True, scale=1.0), new
     causal = torch.ones(T, P + T, dtype=torch.bool, device=q.device).tril(diagonal=P)
     mask = torch.zeros(T, P + T, dtype=q.dtype, device=q.device).masked_fill(~causal, NEG_INF)
     if bias is not None:
         mask = mask + bias.to(q.dtype)
-    return F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask), new
+    return F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask, scale=1.0), new
 
 
 def relative_distances(t_q: int, pos: int, t_k: int, device=None) -> Tensor:
