@@ -106,3 +106,12 @@ def test_bad_config_fails_naming_the_key(override, key):
     cfg = make_cfg(*override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_train(cfg)
+
+
+@pytest.mark.parametrize("hardware", sorted(p.stem for p in (CONF / "hardware").glob("*.yaml")))
+def test_hardware_options_compose(hardware):
+    cfg = make_cfg("experiment=tvq/enwik8", f"hardware={hardware}")
+    validate_train(cfg)
+    if hardware.startswith("slurm"):
+        assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node   # one task per GPU
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.use_distributed_sampler is False

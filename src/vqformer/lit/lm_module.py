@@ -17,7 +17,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..nn import TransformerVQ, TransformerVQConfig
 from .metrics import TokenNLL, derived
@@ -138,7 +138,3 @@ class LMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
 
-
-def model_kwargs(cfg_model) -> dict:
-    """The ``model`` config node as keyword arguments of ``TransformerVQConfig``."""
-    return OmegaConf.to_container(cfg_model, resolve=True) if not isinstance(cfg_model, dict) else dict(cfg_model)

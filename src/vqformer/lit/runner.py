@@ -93,7 +93,10 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     L.seed_everything(cfg.seed, workers=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git_revision.txt").write_text(git_revision() + "\n")
-    datamodule, module = build_datamodule(cfg), build_module(cfg)
+    datamodule = build_datamodule(cfg)
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0:
+        datamodule.prepare_data()   # a missing download stops here, before a model is built
+    module = build_module(cfg)
     loggers = build_loggers(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", auto_insert_metric_name=False,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import FullAttentionState, full_attention, relative_distances, vq_attention
+from .functional import full_attention, relative_distances, vq_attention
 from .norm import RMSNorm, rms_norm
 from .position import sin_emb
 from .quantizer import VectorQuantizer
@@ -121,4 +121,4 @@ class MLP(nn.Module):
         return self.w_out(F.relu(self.w_in(self.norm(x))).square())
 
 
-__all__ = ["AttentionUnit", "MLP", "dense", "head_dims", "HEAD_TYPES", "ATTN_TYPES", "FullAttentionState"]
+__all__ = ["AttentionUnit", "MLP", "dense", "head_dims", "HEAD_TYPES", "ATTN_TYPES"]

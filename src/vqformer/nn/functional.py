@@ -155,7 +155,7 @@ def _attend_blocks(q: Tensor, row0: int, k_cur: Tensor, v_cur: Tensor, k_prev: T
     agg_* [B,H,R,S,(Dv)] summarise all blocks before that (None: no compressive cache, and previous-block
     keys farther than L are masked). band_bias [B,H,R,G,n,L+1].
     """
-    L, n, G = block_len, q.shape[-2], q.shape[3]
+    L, n = block_len, q.shape[-2]
     acc = _softmax_dtype(q)
     rows = torch.arange(row0, row0 + n, device=q.device)[:, None]
     d_cur = rows - torch.arange(k_cur.shape[-2], device=q.device)[None, :]      # 0..L-1 or future

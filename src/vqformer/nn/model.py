@@ -9,7 +9,7 @@ Spec: ``shared/research/transformer_vq.md``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +187,3 @@ class TransformerVQ(nn.Module):
         logits = logits * cfg.e_scale
         stats = {k: torch.stack([s[k] for s in stats]).mean() for k in (stats[0] if stats and stats[0] else {})}
         return logits, Aux(commit, stats, DecoderState(state.pos + T, new_units))
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)

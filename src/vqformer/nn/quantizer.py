@@ -63,7 +63,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _accumulate(self, k: Tensor, codes: Tensor) -> None:
-        H, S = self.n_head, self.n_code
+        H = self.n_head
         z = codes.transpose(0, 1).reshape(H, -1)                      # [H, B·T]
         kf = k.to(self.acc_sum.dtype).transpose(0, 1).reshape(H, -1, self.d_k)
         self.acc_count.scatter_add_(1, z, torch.ones_like(z, dtype=self.acc_count.dtype))
