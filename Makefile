@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 HARDWARE ?= cpu
 ARGS ?=
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-block clean-logs
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-block bench clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -43,6 +43,9 @@ sweep-codebook: install ## codebook-size ablation as one multirun (S = 256, 512,
 
 sweep-block: install ## block-length sweep as one multirun
 	$(PY) -m vqformer.train -m experiment=tvq/sweep_block hardware=$(HARDWARE) $(ARGS)
+
+bench: install ## throughput benchmark, reduced CPU grid (< 20 min); bench=cpu or bench=gpu for the full grid
+	$(PY) -m vqformer.bench bench=cpu_quick $(ARGS)
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs
