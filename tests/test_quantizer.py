@@ -12,12 +12,7 @@ from vqformer.nn import VectorQuantizer
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def quantizer(H=2, S=4, Dk=3, gamma=0.9, seed=0):

@@ -20,9 +20,13 @@ def short_dirname(name: str, max_len: int = 120) -> str:
     return f"{name[:max_len - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
 
 
-# Named, pure resolvers only (no `eval`): registered on import, before Hydra composes.
-if not OmegaConf.has_resolver("vqformer.dirname"):
-    OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+def register_resolvers() -> None:
+    """Named, pure resolvers only (no `eval`); must run before Hydra composes a config."""
+    if not OmegaConf.has_resolver("vqformer.dirname"):
+        OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+
+
+register_resolvers()   # importing the config module (as the compose-API tests do) is enough
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import config as _config  # noqa: F401  (registers the config resolvers)
+from .config import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

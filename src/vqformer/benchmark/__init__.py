@@ -36,6 +36,7 @@ def _params(b: DictConfig) -> dict[str, dict]:
 def run(cfg: DictConfig, out_dir: Path, command: str = "", log=print) -> dict:
     """Run the configured benchmark and write points.csv, results.json, table.md, throughput.png
     (and the profiler table) into ``out_dir``. Returns the result dict that results.json holds."""
+    from ..provenance import git_commit
     from . import machine, plot, report
     from .runner import resolve_device, run_benchmark
 
@@ -45,7 +46,7 @@ def run(cfg: DictConfig, out_dir: Path, command: str = "", log=print) -> dict:
         import torch
         torch.set_num_threads(int(b.threads))
     meta = machine.machine_info(device)
-    meta.update(command=command, git=machine.git_commit(), dtype=b.dtype, device_tag=b.device_tag,
+    meta.update(command=command, git=git_commit(), dtype=b.dtype, device_tag=b.device_tag,
                 mem_method=("cuda" if device.type == "cuda" else f"cpu-{b.memory}"))
     res = run_benchmark(cfg, log=log)
     prof = None

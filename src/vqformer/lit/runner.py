@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import validate_train
+from ..provenance import git_commit
 from .lm_module import LMModule
 
 DONE = "DONE"
@@ -71,14 +71,6 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> dict:
     """Train (or resume) one run in ``run_dir``; returns the final validation metrics."""
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # compose-API configs carry it
@@ -92,7 +84,7 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
 
     L.seed_everything(cfg.seed, workers=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+    (run_dir / "git.json").write_text(json.dumps(git_commit(), indent=1))
     datamodule = build_datamodule(cfg)
     if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0:
         datamodule.prepare_data()   # a missing download stops here, before a model is built
