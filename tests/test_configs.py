@@ -115,3 +115,9 @@ def test_hardware_options_compose(hardware):
     if hardware.startswith("slurm"):
         assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node   # one task per GPU
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.use_distributed_sampler is False
+
+
+def test_unknown_task_fails_naming_the_key():
+    from vqformer.lit.tasks import task_class
+    with pytest.raises(ConfigError, match="task='nope'"):
+        task_class(make_cfg("task=nope").task)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .lm_module import LMModule
+from .tasks import task_class
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
@@ -29,6 +29,7 @@ def checkpoint_path(run_dir: str | Path, ckpt: str = "last") -> Path:
     return p
 
 
-def load_module(run_dir: str | Path, ckpt: str = "last", map_location: str | torch.device = "cpu") -> LMModule:
-    module = LMModule.load_from_checkpoint(str(checkpoint_path(run_dir, ckpt)), map_location=map_location)
+def load_module(run_dir: str | Path, ckpt: str = "last", map_location: str | torch.device = "cpu"):
+    cls = task_class(run_config(run_dir).get("task", "lm"))
+    module = cls.load_from_checkpoint(str(checkpoint_path(run_dir, ckpt)), map_location=map_location)
     return module.eval()

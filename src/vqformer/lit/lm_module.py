@@ -17,7 +17,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..nn import TransformerVQ, TransformerVQConfig
 from .metrics import TokenNLL, derived
@@ -38,6 +38,19 @@ class LMModule(L.LightningModule):
         self.val_nll = TokenNLL(bytes_per_token)
         self.test_nll = TokenNLL(bytes_per_token)
         self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ building from a composed config
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        from ..config import validate_train
+        validate_train(cfg)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "LMModule":
+        return cls(model=OmegaConf.to_container(cfg.model, resolve=True),
+                   optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                   update_len=cfg.update_len, micro_batch_size=cfg.get("micro_batch_size"),
+                   eval_window=cfg.eval_window, seed=cfg.seed)
 
     # ------------------------------------------------------------------ optimizer and schedule
     def configure_optimizers(self):

@@ -20,9 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import validate_train
 from ..provenance import git_commit
-from .lm_module import LMModule
+from .tasks import task_class
 
 DONE = "DONE"
 
@@ -36,11 +35,8 @@ warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and 
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
-def build_module(cfg: DictConfig) -> LMModule:
-    return LMModule(model=OmegaConf.to_container(cfg.model, resolve=True),
-                    optim=OmegaConf.to_container(cfg.optim, resolve=True),
-                    update_len=cfg.update_len, micro_batch_size=cfg.get("micro_batch_size"),
-                    eval_window=cfg.eval_window, seed=cfg.seed)
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    return task_class(cfg.get("task", "lm")).from_config(cfg)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -74,7 +70,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> dict:
     """Train (or resume) one run in ``run_dir``; returns the final validation metrics."""
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # compose-API configs carry it
-    validate_train(cfg)
+    task_class(cfg.get("task", "lm")).validate_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / DONE
     if done.exists():
@@ -108,8 +104,11 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         metrics["step"] = trainer.global_step
         if trainer.is_global_zero:
             done.write_text(json.dumps(metrics, indent=1))
-            print(f"[vqformer] validation bits per byte: {metrics.get('val/bpb', float('nan')):.4f} "
-                  f"after {trainer.global_step} steps")
+            if "val/bpb" in metrics:
+                print(f"[vqformer] validation bits per byte: {metrics['val/bpb']:.4f} after {trainer.global_step} steps")
+            else:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+                print(f"[vqformer] validation: {shown} after {trainer.global_step} steps")
             print(f"[vqformer] run directory: {run_dir}  (metrics: {run_dir}/csv/version_0/metrics.csv)")
         return metrics
     finally:
