@@ -13,12 +13,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vqformer.config import ConfigError, validate_train
+from vqformer.lit.tasks import task_class
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                      for p in (CONF / "experiment").rglob("*.yaml"))
-# Jobs each sweep file must expand to (the grid of its table).
-SWEEP_SIZES = {"tvq/ablation_codebook": 3, "tvq/sweep_block": 3}
+# Jobs each sweep file must expand to (the grid of its table); experiments not listed are single runs.
+SWEEP_SIZES = {
+    "tvq/ablation_codebook": 3, "tvq/sweep_block": 3,
+}
 
 
 def make_cfg(*overrides: str, config_name: str = "train"):
@@ -39,7 +42,7 @@ def test_every_experiment_composes_and_validates(experiment):
     for key in cfg:                              # every interpolation outside hydra's own node resolves
         if key != "hydra":
             OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-    validate_train(cfg)
+    task_class(cfg.task).validate_config(cfg)
     assert cfg.name == experiment, "each experiment names itself (W&B group and run directory)"
 
 
