@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NEG_INF = float("-inf")
+KERNELS = ("eager", "chunked")
 
 
 def _softmax_dtype(x: Tensor) -> torch.dtype:
@@ -198,7 +199,8 @@ def _split_heads(x: Tensor | None, h: int) -> Tensor | None:
     return x.view(x.shape[0], h, x.shape[1] // h, *x.shape[2:])
 
 
-def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache: bool, grad_thru_cache: bool):
+def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache: bool, grad_thru_cache: bool,
+             kernel: str = "eager", chunk_bytes: int | None = None):
     """A piece of R whole blocks starting at a block boundary: all blocks in one batched pass."""
     B, H, G, T, Dk = q.shape
     R, S = T // L, codebook.shape[1]
@@ -208,6 +210,8 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
     z_ext = torch.cat([st.prev_z[:, :, None], z.reshape(B, H, R, L)], dim=2)
     qb = q.reshape(B, H, G, R, L, Dk).transpose(2, 3)
     bb = None if bias is None else bias.reshape(B, H, G, R, L, -1).transpose(2, 3)
+    if kernel == "chunked":
+        return _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st, L, agg_cache, grad_thru_cache, chunk_bytes)
 
     # Per-block code sums, prefix-summed: block n reads the cache of blocks <= n-2 (§3.2: shift by two).
     blk_sum, blk_cnt = _code_sums(z_ext, v_ext if grad_thru_cache else v_ext.detach(), S)
@@ -222,6 +226,25 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
                            cur_k=st.cur_k, cur_v=st.cur_v, cur_z=st.cur_z,
                            agg_sum=st.agg_sum + cum_sum[:, :, R - 1], agg_count=st.agg_count + cum_cnt[:, :, R - 1])
     return out.transpose(2, 3).reshape(B, H, G, T, -1), new
+
+
+def _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st: VQAttentionState, L: int, agg_cache: bool,
+                     grad_thru_cache: bool, chunk_bytes: int | None):
+    """``_aligned`` through the chunked kernel with a recomputing backward (``vq_chunked.py``)."""
+    from .vq_chunked import vq_attention_chunked
+
+    B, H, R, G = qb.shape[:4]
+    S, M = codebook.shape[1], G * L
+    bias = None if bb is None else bb.reshape(B, H, R, M, L + 1)
+    out = vq_attention_chunked(qb.reshape(B, H, R, M, -1), k_ext, v_ext, z_ext, bias, codebook,
+                               st.agg_sum, st.agg_count, L, agg_cache, grad_thru_cache, chunk_bytes)
+    # The cache after the piece: every block but the last (which becomes the previous block).
+    v_old = v_ext[:, :, :R] if grad_thru_cache else v_ext[:, :, :R].detach()
+    sums, counts = _code_sums(z_ext[:, :, :R].flatten(2), v_old.flatten(2, 3), S)
+    new = VQAttentionState(pos=st.pos + R * L, prev_k=k_ext[:, :, -1], prev_v=v_ext[:, :, -1], prev_z=z_ext[:, :, -1],
+                           cur_k=st.cur_k, cur_v=st.cur_v, cur_z=st.cur_z,
+                           agg_sum=st.agg_sum + sums, agg_count=st.agg_count + counts)
+    return out.reshape(B, H, R, G, L, -1).transpose(2, 3).reshape(B, H, G, R * L, -1), new
 
 
 def _in_block(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache: bool, grad_thru_cache: bool):
@@ -244,14 +267,23 @@ def _in_block(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cach
 
 def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: Tensor, block_len: int, *,
                  band_bias: Tensor | None = None, agg_cache: bool = True, state: VQAttentionState | None = None,
-                 grad_thru_cache: bool = True) -> tuple[Tensor, VQAttentionState]:
+                 grad_thru_cache: bool = True, kernel: str = "chunked",
+                 chunk_bytes: int | None = None) -> tuple[Tensor, VQAttentionState]:
     """Causal softmax attention over quantized keys in time and memory linear in T (§3.2).
 
     Equals ``vq_attention_reference`` on the whole history: calling it on consecutive pieces with the
     returned state (whole blocks, single tokens, or any split) gives the output of one call. Work per
     block is O(L·(S + 2L)); no T×T tensor is formed. ``grad_thru_cache=False`` stops the gradient into
     values through the compressive cache (the official ``grad_thru_cache=0``; the two local blocks keep it).
+
+    ``kernel`` picks the implementation of whole-block pieces: ``"eager"`` is the readable definition
+    (all blocks batched, plain autograd); ``"chunked"`` (``vq_chunked.py``) computes the same in chunks
+    of blocks with a recomputing backward, so its working memory does not grow with T (``chunk_bytes``
+    bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA). Pieces inside
+    one block (sampling, ragged ends) always take the eager path.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"vq_attention: kernel={kernel!r} is unknown; choose one of {KERNELS}")
     B, Hq, T, Dk = q.shape
     H, L = k_hat.shape[1], block_len
     if Hq % H or codebook.shape[0] != H or codes.shape != k_hat.shape[:3]:
@@ -266,10 +298,10 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
     while t < T:
         r = st.pos % L
         n = (T - t) // L * L if r == 0 and T - t >= L else min(L - r, T - t)
-        step = _aligned if r == 0 and n >= L else _in_block
         sl = slice(t, t + n)
-        o, st = step(qg[:, :, :, sl], k_hat[:, :, sl], v[:, :, sl], codes[:, :, sl],
-                     None if bg is None else bg[:, :, :, sl], codebook, st, L, agg_cache, grad_thru_cache)
+        args = (qg[:, :, :, sl], k_hat[:, :, sl], v[:, :, sl], codes[:, :, sl],
+                None if bg is None else bg[:, :, :, sl], codebook, st, L, agg_cache, grad_thru_cache)
+        o, st = _aligned(*args, kernel=kernel, chunk_bytes=chunk_bytes) if r == 0 and n >= L else _in_block(*args)
         outs.append(o)
         t += n
     if not outs:
