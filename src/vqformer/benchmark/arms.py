@@ -83,7 +83,7 @@ def _kernel(spec: dict, device, dtype, gen) -> Built:
     g_out = rnd(B, H, T, Dv)
     attn = spec["attn"]
     if attn == "vq":
-        fn = lambda: vq_attention(q, k, v, codes, codebook, L)[0]
+        fn = lambda: vq_attention(q, k, v, codes, codebook, L, kernel=p.get("vq_kernel", "chunked"))[0]
     elif attn == "sdpa":
         fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
     elif attn == "quadratic":
