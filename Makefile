@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 HARDWARE ?= cpu
 ARGS ?=
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-block bench clean-logs
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results bench clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -41,8 +41,19 @@ repro-enwik8: install ## the paper's enwik8 run (HARDWARE=slurm_a100x8 sends it 
 sweep-codebook: install ## codebook-size ablation as one multirun (S = 256, 512, 1024)
 	$(PY) -m vqformer.train -m experiment=tvq/ablation_codebook hardware=$(HARDWARE) $(ARGS)
 
+sweep-cache: install ## compressive-cache ablation as one multirun (agg_cache on/off at S = 256)
+	$(PY) -m vqformer.train -m experiment=tvq/ablation_cache hardware=$(HARDWARE) $(ARGS)
+
 sweep-block: install ## block-length sweep as one multirun
 	$(PY) -m vqformer.train -m experiment=tvq/sweep_block hardware=$(HARDWARE) $(ARGS)
+
+MINI := mini_codebook mini_cache mini_quadratic mini_block
+mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 14 runs, ~1 h on 2 cores), then the tables
+	for e in $(MINI); do $(PY) -m vqformer.train -m experiment=tvq/$$e hardware=$(HARDWARE) $(ARGS) || exit 1; done
+	$(MAKE) results
+
+results: install ## runs -> tables and plots under experiments/mini (from logs/ and the committed archive)
+	$(PY) -m vqformer.results $(ARGS)
 
 bench: install ## throughput benchmark, reduced CPU grid (< 20 min); bench=cpu or bench=gpu for the full grid
 	$(PY) -m vqformer.bench bench=cpu_quick $(ARGS)

@@ -20,7 +20,8 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                      for p in (CONF / "experiment").rglob("*.yaml"))
 # Jobs each sweep file must expand to (the grid of its table); experiments not listed are single runs.
 SWEEP_SIZES = {
-    "tvq/ablation_codebook": 3, "tvq/sweep_block": 3,
+    "tvq/ablation_codebook": 3, "tvq/sweep_block": 3, "tvq/ablation_cache": 2, "tvq/throughput": 18,
+    "tvq/mini_codebook": 6, "tvq/mini_cache": 4, "tvq/mini_quadratic": 4, "tvq/mini_block": 6,
 }
 
 
@@ -124,3 +125,16 @@ def test_unknown_task_fails_naming_the_key():
     from vqformer.lit.tasks import task_class
     with pytest.raises(ConfigError, match="task='nope'"):
         task_class(make_cfg("task=nope").task)
+
+
+def test_mini_sweeps_share_the_common_arm():
+    """The four CPU ablations name job folders by the arm, so their common base arm is one run."""
+    def job_dir(*overrides):
+        cfg = make_cfg(*overrides)
+        return OmegaConf.select(cfg, "hydra.sweep.dir"), OmegaConf.select(cfg, "hydra.sweep.subdir")
+    base = job_dir("experiment=tvq/mini_codebook", "codebook=s64", "seed=1")
+    assert base == job_dir("experiment=tvq/mini_cache", "model.agg_cache=true", "seed=1")
+    assert base == job_dir("experiment=tvq/mini_quadratic", "model.attn_type=vq", "seed=1")
+    assert base == job_dir("experiment=tvq/mini_block", "block=l64", "seed=1")
+    assert base != job_dir("experiment=tvq/mini_block", "block=l64", "seed=0")
+    assert base != job_dir("experiment=tvq/mini_cache", "model.agg_cache=false", "seed=1")

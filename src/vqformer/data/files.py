@@ -99,6 +99,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
     return Path(path)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
 def _manual_download_message(url: str, dest: Path, reason: object) -> str:
     return (
         f"Could not download {url} ({reason}).\n"

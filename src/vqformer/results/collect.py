@@ -1,0 +1,82 @@
+"""Finished runs as flat records, from run directories (config.yaml + DONE + CSV log) or from W&B.
+
+A record holds what the tables need: the knobs that tell arms apart, the seed, the final validation
+metrics and the logged curves (validation bits per byte and codebook usage against the step).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ARCHIVED = ("config.yaml", "DONE", "git.json", "csv/version_0/metrics.csv")   # what `archive` keeps of a run
+CURVES = ("val/bpb", "train/bpb", "vq/code_perplexity", "vq/unused_codes")
+
+
+def _num(x: str | None) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _record(cfg: dict, final: dict, rows: list[dict], source: str) -> dict:
+    model = cfg.get("model", {})
+    curves = {k: [(int(float(r["step"])), _num(r[k])) for r in rows if _num(r.get(k)) is not None] for k in CURVES}
+    return {
+        "source": source, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []), "seed": cfg.get("seed"),
+        "data": cfg.get("data", {}).get("name"), "attn_type": model.get("attn_type"),
+        "head_type": model.get("head_type"), "n_code": model.get("n_code"), "block_len": model.get("block_len"),
+        "agg_cache": model.get("agg_cache"), "sequence_len": cfg.get("sequence_len"),
+        "step": final.get("step"), "val_bpb": final.get("val/bpb"), "val_loss": final.get("val/loss"),
+        "curves": curves,
+    }
+
+
+def run_dirs(roots: list[Path]) -> list[Path]:
+    """Every finished run directory (one with a DONE marker) under the roots."""
+    found = set()
+    for root in roots:
+        if root.exists():
+            found.update(p.parent for p in root.rglob("DONE") if (p.parent / "config.yaml").exists())
+    return sorted(found)
+
+
+def load_run(run_dir: Path) -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    final = json.loads((run_dir / "DONE").read_text())
+    log = run_dir / "csv" / "version_0" / "metrics.csv"
+    rows = list(csv.DictReader(log.open())) if log.exists() else []
+    return _record(cfg, final, rows, str(run_dir))
+
+
+def archive(run_dir: Path, dest_root: Path) -> Path:
+    """Copy a finished run's small files (no checkpoints) to ``dest_root/<job folder>``."""
+    dest = dest_root / run_dir.name
+    for rel in ARCHIVED:
+        src = run_dir / rel
+        if src.exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def load_wandb(project: str, entity: str | None = None, api=None) -> list[dict]:
+    """Finished runs of a W&B project (their config is the composed run config the logger uploaded)."""
+    if api is None:
+        import wandb
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    records = []
+    for run in api.runs(path):
+        if run.state != "finished":
+            continue
+        rows = [{"step": str(r.get("trainer/global_step", r.get("_step", 0))),
+                 **{k: (None if r.get(k) is None else str(r[k])) for k in CURVES}} for r in run.scan_history()]
+        final = {"step": run.summary.get("step"), "val/bpb": run.summary.get("val/bpb"),
+                 "val/loss": run.summary.get("val/loss")}
+        records.append(_record(dict(run.config), final, rows, f"wandb:{path}/{run.id}"))
+    return records

@@ -1,0 +1,112 @@
+"""One table per comparison: which runs belong to it (by their config, not by the command that launched
+them, so an arm shared by two sweeps counts in both), which knob varies, and mean / spread over seeds."""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TableSpec:
+    name: str            # file stem under the output folder
+    title: str
+    vary: str            # record key that tells the arms apart
+    where: dict = field(default_factory=dict)   # record key -> required value ("tags" -> a required tag)
+    reference: object = None                    # the arm the others are compared with
+    paper: str = ""                             # what the paper reports, for the reader
+
+    def selects(self, rec: dict) -> bool:
+        for k, want in self.where.items():
+            if k == "tags":
+                if want not in rec["tags"]:
+                    return False
+            elif rec.get(k) != want:
+                return False
+        return rec.get("val_bpb") is not None
+
+
+MINI = dict(tags="mini", data="wiki_sample")
+SPECS = [
+    TableSpec("mini_codebook", "Codebook size S (CPU mini, wiki_sample)", "n_code",
+              dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64,
+              "paper §5.1.1 (unverified recall): enwik8 val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+    TableSpec("mini_cache", "Compressive cache (CPU mini, wiki_sample, S = 64)", "agg_cache",
+              dict(MINI, attn_type="vq", n_code=64, block_len=64), True,
+              "paper §5.1.2: enwik8 val bpb 1.010 with the cache, 1.026 without (S = 256)"),
+    TableSpec("mini_quadratic", "Transformer-VQ vs quadratic attention (CPU mini, wiki_sample)", "attn_type",
+              dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq",
+              "paper: no same-size quadratic row on enwik8 is known (transformer_vq.md §5.2)"),
+    TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
+              dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, "not a paper table"),
+    TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",
+              dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq",
+              "paper: Transformer-VQ 0.99 test bpb (abstract)"),
+    TableSpec("ablation_codebook", "enwik8 codebook-size ablation", "n_code",
+              dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512,
+              "paper §5.1.1 (unverified recall): val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+    TableSpec("ablation_cache", "enwik8 compressive-cache ablation (S = 256)", "agg_cache",
+              dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True,
+              "paper §5.1.2: val bpb 1.010 with, 1.026 without"),
+]
+
+
+def arms(spec: TableSpec, records: list[dict]) -> dict:
+    """Arm value -> its records (one per seed; a seed seen twice keeps the run with more steps)."""
+    out: dict = {}
+    for rec in records:
+        if spec.selects(rec):
+            seeds = out.setdefault(rec[spec.vary], {})
+            old = seeds.get(rec["seed"])
+            if old is None or (rec["step"] or 0) > (old["step"] or 0):
+                seeds[rec["seed"]] = rec
+    return {arm: list(seeds.values()) for arm, seeds in sorted(out.items(), key=lambda kv: str(kv[0]))}
+
+
+def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
+    """One row per arm: mean, spread over seeds, and whether the difference to the reference arm is
+    larger than the seed-to-seed spread of either arm (with few seeds, the honest test available)."""
+    groups = arms(spec, records)
+    rows = []
+    for arm, recs in groups.items():
+        vals = [r["val_bpb"] for r in recs]
+        rows.append({"arm": arm, "seeds": len(vals), "steps": min(r["step"] or 0 for r in recs),
+                     "mean": statistics.fmean(vals), "min": min(vals), "max": max(vals),
+                     "std": statistics.stdev(vals) if len(vals) > 1 else float("nan")})
+    ref = next((r for r in rows if r["arm"] == spec.reference), None)
+    for r in rows:
+        if ref is None or r is ref:
+            r["delta"], r["verdict"] = float("nan"), "reference" if r is ref else ""
+            continue
+        r["delta"] = r["mean"] - ref["mean"]
+        noise = max(r["max"] - r["min"], ref["max"] - ref["min"])
+        if min(r["seeds"], ref["seeds"]) < 2:
+            r["verdict"] = "one seed: no noise estimate"
+        elif abs(r["delta"]) <= noise:
+            r["verdict"] = "within seed spread"
+        else:
+            r["verdict"] = "worse" if r["delta"] > 0 else "better"
+    return rows
+
+
+COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "verdict"]
+
+
+def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
+    head = (f"### {spec.title}\n\nvalidation bits per byte (lower is better), mean over seeds; "
+            f"Δ against {spec.vary} = {spec.reference}. Paper: {spec.paper}.\n\n")
+    if not rows:
+        return head + "_no finished runs found_\n"
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) and v == v else ("–" if isinstance(v, float) else str(v))
+    lines = [f"| {spec.vary} | " + " | ".join(COLUMNS[1:]) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
