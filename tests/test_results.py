@@ -97,3 +97,26 @@ def test_wandb_runs_become_records():
     assert len(recs) == 1 and recs[0]["curves"]["val/bpb"] == [(500, 1.2), (1000, 1.01)]
     rows = summarize(SPEC["enwik8"], recs)
     assert rows[0]["arm"] == "vq" and rows[0]["mean"] == 1.01
+
+
+def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):
+    """The notebook's cells execute (IPython display stubbed) against a tiny local archive."""
+    import sys
+    import types
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "compare_runs.ipynb").read_text())
+    for seed in (0, 1):
+        fake_run(tmp_path / "experiments" / "mini" / "runs", "tvq/mini_codebook", n_code=16, seed=seed, bpb=2.2)
+    (tmp_path / "conf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    shown = []
+    display = types.ModuleType("IPython.display")
+    display.Markdown, display.display = str, shown.append
+    monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    scope: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), scope)
+    assert len(scope["records"]) == 2 and any("| 16 | 2 |" in s for s in shown)
