@@ -105,20 +105,21 @@ def test_reference_is_the_definition(G, with_bias, agg_cache):
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
-KERNELS = [("eager", None), ("chunked", None), ("chunked", 1)]     # chunk_bytes=1: one block per chunk
-KERNEL_IDS = ["eager", "chunked", "chunked_1block"]
+# chunk_bytes=1: one block per chunk; row_tiles=3: rows split in 3 tiles (causal tiles skipped)
+KERNELS = [("eager", None, None), ("chunked", None, None), ("chunked", 1, 3)]
+KERNEL_IDS = ["eager", "chunked", "chunked_1block_3tiles"]
 
 
-@pytest.mark.parametrize("kernel,chunk_bytes", KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("kernel,chunk_bytes,row_tiles", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("H,G,S", HEADS)
 @pytest.mark.parametrize("agg_cache", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("T,L", T_L)
-def test_blockwise_equals_reference(T, L, with_bias, agg_cache, H, G, S, kernel, chunk_bytes):
+def test_blockwise_equals_reference(T, L, with_bias, agg_cache, H, G, S, kernel, chunk_bytes, row_tiles):
     q, k, v, z, cb, bias = make_inputs(H=H, G=G, T=T, S=S, Dk=4, Dv=3, L=L if with_bias else None, seed=T + L)
     ref = vq_attention_reference(q, k, v, L, band_bias=bias, agg_cache=agg_cache)
     out, state = vq_attention(q, k, v, z, cb, L, band_bias=bias, agg_cache=agg_cache, kernel=kernel,
-                              chunk_bytes=chunk_bytes)
+                              chunk_bytes=chunk_bytes, row_tiles=row_tiles)
     assert out.shape == (2, H * G, T, 3) and out.dtype == F64
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     assert isinstance(state, VQAttentionState) and state.pos == T
@@ -457,12 +458,13 @@ def test_no_t_by_t_tensor_in_the_vq_path(agg_cache):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3000, None], ids=["1block", "2blocks", "default"])
+@pytest.mark.parametrize("chunk_bytes,row_tiles", [(1, 1), (3000, 2), (None, 4)],
+                         ids=["1block_1tile", "2blocks_2tiles", "default_4tiles"])
 @pytest.mark.parametrize("cuts", [None, [0, 10, 24], [0, 8, 9, 24]], ids=["one_call", "ragged", "aligned"])
 @pytest.mark.parametrize("grad_thru_cache", [True, False])
 @pytest.mark.parametrize("agg_cache", [True, False])
 @pytest.mark.parametrize("G,L", [(1, 1), (1, 4), (3, 2), (2, 8)])
-def test_chunked_gradients_equal_eager(G, L, agg_cache, grad_thru_cache, cuts, chunk_bytes):
+def test_chunked_gradients_equal_eager(G, L, agg_cache, grad_thru_cache, cuts, chunk_bytes, row_tiles):
     """Every input's gradient (codebook and band bias included), with the state carried undetached
     between pieces and a loss on the final cache too, equals autograd through the eager kernel."""
     T = 24
@@ -475,7 +477,8 @@ def test_chunked_gradients_equal_eager(G, L, agg_cache, grad_thru_cache, cuts, c
             x.grad = None
         q_, k_, v_, cb_, b_ = leaves
         out, st = run_pieces(q_, k_, v_, z, cb_, L, cuts or [0, T], bias=b_, agg_cache=agg_cache,
-                             grad_thru_cache=grad_thru_cache, kernel=kernel, chunk_bytes=chunk_bytes)
+                             grad_thru_cache=grad_thru_cache, kernel=kernel, chunk_bytes=chunk_bytes,
+                             row_tiles=row_tiles)
         ((out * w).sum() + st.agg_sum.square().sum()).backward()
         grads[kernel] = [None if x.grad is None else x.grad.clone() for x in leaves]
     for name, a, b in zip(["q", "k_hat", "v", "codebook", "band_bias"], grads["eager"], grads["chunked"]):

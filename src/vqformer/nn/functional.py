@@ -200,7 +200,7 @@ def _split_heads(x: Tensor | None, h: int) -> Tensor | None:
 
 
 def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache: bool, grad_thru_cache: bool,
-             kernel: str = "eager", chunk_bytes: int | None = None):
+             kernel: str = "eager", chunk_bytes: int | None = None, row_tiles: int | None = None):
     """A piece of R whole blocks starting at a block boundary: all blocks in one batched pass."""
     B, H, G, T, Dk = q.shape
     R, S = T // L, codebook.shape[1]
@@ -211,7 +211,8 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
     qb = q.reshape(B, H, G, R, L, Dk).transpose(2, 3)
     bb = None if bias is None else bias.reshape(B, H, G, R, L, -1).transpose(2, 3)
     if kernel == "chunked":
-        return _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st, L, agg_cache, grad_thru_cache, chunk_bytes)
+        return _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st, L, agg_cache, grad_thru_cache,
+                                chunk_bytes, row_tiles)
 
     # Per-block code sums, prefix-summed: block n reads the cache of blocks <= n-2 (§3.2: shift by two).
     blk_sum, blk_cnt = _code_sums(z_ext, v_ext if grad_thru_cache else v_ext.detach(), S)
@@ -229,7 +230,7 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
 
 
 def _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st: VQAttentionState, L: int, agg_cache: bool,
-                     grad_thru_cache: bool, chunk_bytes: int | None):
+                     grad_thru_cache: bool, chunk_bytes: int | None, row_tiles: int | None):
     """``_aligned`` through the chunked kernel with a recomputing backward (``vq_chunked.py``)."""
     from .vq_chunked import vq_attention_chunked
 
@@ -237,7 +238,7 @@ def _aligned_chunked(qb, bb, k_ext, v_ext, z_ext, codebook, st: VQAttentionState
     S, M = codebook.shape[1], G * L
     bias = None if bb is None else bb.reshape(B, H, R, M, L + 1)
     out = vq_attention_chunked(qb.reshape(B, H, R, M, -1), k_ext, v_ext, z_ext, bias, codebook,
-                               st.agg_sum, st.agg_count, L, agg_cache, grad_thru_cache, chunk_bytes)
+                               st.agg_sum, st.agg_count, L, agg_cache, grad_thru_cache, chunk_bytes, row_tiles)
     # The cache after the piece: every block but the last (which becomes the previous block).
     v_old = v_ext[:, :, :R] if grad_thru_cache else v_ext[:, :, :R].detach()
     sums, counts = _code_sums(z_ext[:, :, :R].flatten(2), v_old.flatten(2, 3), S)
@@ -267,8 +268,8 @@ def _in_block(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cach
 
 def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: Tensor, block_len: int, *,
                  band_bias: Tensor | None = None, agg_cache: bool = True, state: VQAttentionState | None = None,
-                 grad_thru_cache: bool = True, kernel: str = "chunked",
-                 chunk_bytes: int | None = None) -> tuple[Tensor, VQAttentionState]:
+                 grad_thru_cache: bool = True, kernel: str = "chunked", chunk_bytes: int | None = None,
+                 row_tiles: int | None = None) -> tuple[Tensor, VQAttentionState]:
     """Causal softmax attention over quantized keys in time and memory linear in T (§3.2).
 
     Equals ``vq_attention_reference`` on the whole history: calling it on consecutive pieces with the
@@ -279,7 +280,8 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
     ``kernel`` picks the implementation of whole-block pieces: ``"eager"`` is the readable definition
     (all blocks batched, plain autograd); ``"chunked"`` (``vq_chunked.py``) computes the same in chunks
     of blocks with a recomputing backward, so its working memory does not grow with T (``chunk_bytes``
-    bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA). Pieces inside
+    bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
+    rows so that most of the causal mask is skipped; default 2 for L >= 64). Pieces inside
     one block (sampling, ragged ends) always take the eager path.
     """
     if kernel not in KERNELS:
@@ -301,7 +303,8 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
         sl = slice(t, t + n)
         args = (qg[:, :, :, sl], k_hat[:, :, sl], v[:, :, sl], codes[:, :, sl],
                 None if bg is None else bg[:, :, :, sl], codebook, st, L, agg_cache, grad_thru_cache)
-        o, st = _aligned(*args, kernel=kernel, chunk_bytes=chunk_bytes) if r == 0 and n >= L else _in_block(*args)
+        o, st = (_aligned(*args, kernel=kernel, chunk_bytes=chunk_bytes, row_tiles=row_tiles)
+                 if r == 0 and n >= L else _in_block(*args))
         outs.append(o)
         t += n
     if not outs:
