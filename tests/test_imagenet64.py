@@ -225,3 +225,12 @@ def test_image_sequence_length_is_checked_by_the_config():
     cfg = make_cfg("experiment=tvq/imagenet64", *TINY, "sequence_len=384", "data.resolution=8")
     with pytest.raises(ConfigError, match="sequence_len"):
         task_class(cfg.task).validate_config(cfg)
+
+
+def test_prepare_command_line(tmp_path, capsys):
+    from vqformer.data.prepare import main
+
+    assert main(["generated_images", "--root", str(tmp_path), "--resolution", "4"]) == 0
+    assert "2,000 images" in capsys.readouterr().out
+    assert main(["imagenet64", "--root", str(tmp_path)]) == 1
+    assert "imagenet64/raw" in capsys.readouterr().err

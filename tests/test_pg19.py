@@ -284,3 +284,13 @@ def test_model_vocabulary_must_cover_the_tokenizer(tmp_path):
     cfg = make_cfg("experiment=tvq/pg19", *TINY, "model.vocab_size=100")
     with pytest.raises(ConfigError, match="model.vocab_size"):
         task_class(cfg.task).validate_config(cfg)
+
+
+def test_prepare_command_line(root, tmp_path, capsys):
+    from vqformer.data.prepare import main
+
+    assert main(["shakespeare", "--root", str(root), "--vocab-size", str(VOCAB)]) == 0
+    n_val = pg19.prepared_books("shakespeare", root, VOCAB)["splits"]["validation"]["n_tokens"]
+    assert f"{n_val:,} tokens" in capsys.readouterr().out    # the validation plays, already prepared
+    assert main(["pg19", "--root", str(tmp_path), "--offline"]) == 1
+    assert "gs://deepmind-gutenberg" in capsys.readouterr().err
