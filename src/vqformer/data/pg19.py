@@ -173,13 +173,16 @@ def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
         return False
     if meta.get("version") != META_VERSION or meta.get("source") != source:
         return False
-    files = [(out_dir / TOKENIZER_FILE, meta["tokenizer_sha256"])]
-    for split in SPLITS:
-        info = meta["splits"][split]
-        tokens, books = _split_files(out_dir, split)
-        if not tokens.is_file() or tokens.stat().st_size != info["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
-            return False
-        files += [(tokens, info["sha256"]), (books, info["books_sha256"])]
+    try:
+        files = [(out_dir / TOKENIZER_FILE, meta["tokenizer_sha256"])]
+        for split in SPLITS:
+            info = meta["splits"][split]
+            tokens, books = _split_files(out_dir, split)
+            if not tokens.is_file() or tokens.stat().st_size != info["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+                return False
+            files += [(tokens, info["sha256"]), (books, info["books_sha256"])]
+    except (KeyError, TypeError):
+        return False
     return all(p.is_file() and (not verify or sha256_file(p) == sha) for p, sha in files)
 
 

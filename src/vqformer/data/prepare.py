@@ -31,6 +31,9 @@ def _prepare_books(args) -> int:
     for split, info in meta["splits"].items():
         print(f"  {split:<10} {info['n_books']:>6,} books {info['n_tokens']:>14,} tokens {info['n_bytes']:>14,} bytes "
               f"{info['n_words']:>14,} words  sha256 {info['sha256']}")
+    if args.name == "pg19":
+        from .pg19 import PG19_WORDS
+        print("  standard word counts (Rae et al. 2020): " + ", ".join(f"{s} {n:,}" for s, n in PG19_WORDS.items()))
     return 0
 
 
