@@ -189,6 +189,20 @@ def test_training_windows_are_token_ids_with_eos_first(root):
     assert int(batch["targets"].max()) < VOCAB
 
 
+def test_train_loader_resumes_mid_epoch_exactly(root):
+    dm = _dm(root)
+    straight = [b["targets"] for _, b in zip(range(7), dm.train_dataloader())]
+    first = dm.train_dataloader()
+    head = [b["targets"] for _, b in zip(range(3), first)]
+    state = first.state_dict()
+    assert state == {"epoch": 0, "windows_done": 12}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(0)   # Lightning re-announces the epoch after restoring
+    tail = [b["targets"] for _, b in zip(range(4), resumed)]
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, straight))
+
+
 @pytest.mark.parametrize("segment", [None, 96])
 def test_eval_scores_every_token_of_every_book_once(root, segment):
     dm = _dm(root, eval_sequence_len=segment, eval_batch_size=2)
