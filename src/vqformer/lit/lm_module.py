@@ -154,7 +154,9 @@ class LMModule(L.LightningModule):
         d = derived(float(mean), metric.bytes_per_token)
         eval_stats = getattr(self._datamodule(), "eval_stats", None)
         text = eval_stats("validation" if stage == "val" else "test") if eval_stats is not None else None
-        if text:   # token corpora: bytes and words of exactly the scored text
+        # Token corpora: bytes and words of exactly the scored text. Only when this process scored all of it
+        # (not under limit_val_batches or a distributed sampler, whose counts would not match).
+        if text and int(metric.count) == text["n_tokens"]:
             d.update(text_metrics(float(mean) * text["n_tokens"], text["n_tokens"], text["n_bytes"],
                                   text["n_words"]))
             self.log(f"{stage}/word_ppl", torch.tensor(d["word_ppl"]), prog_bar=True)
