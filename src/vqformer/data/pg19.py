@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, download, sha256_file
-from .tokenizer import DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer, train_tokenizer
+from .tokenizer import (DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer,
+                        train_tokenizer)
 
 __all__ = ["BOOK_CORPORA", "PG19_COUNTS", "PG19_WORDS", "book_dir", "count_words", "fetch_pg19", "prepare_books",
            "prepare_pg19", "prepare_shakespeare", "prepared_books", "shakespeare_plays"]
