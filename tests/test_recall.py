@@ -71,3 +71,15 @@ def test_accuracy_counts_only_query_positions(tmp_path):
 def test_bad_recall_config_fails_naming_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         RecallModule.validate_config(cfg_for(tmp_path, *override))
+
+
+def test_recall_table_collects_runs_and_evaluates_longer_lengths(tmp_path):
+    from vqformer.recall_table import main
+
+    train(cfg_for(tmp_path, "model=recall_sw_ovq", "trainer.max_steps=2"), tmp_path / "runs" / "a")
+    main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--lengths", "128:4",
+          "--n-examples", "4", "--ovq-n-max", "8"])
+    rows = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    assert rows[0].startswith("experiment,arm") and len(rows) == 1 + 2 + 1 + 1   # 2 val, lengthgen, @8
+    assert any(",sw-ovq-64@8," in r for r in rows) and any(",lengthgen,128,4," in r for r in rows)
+    assert (tmp_path / "out" / "recall_memory.png").stat().st_size > 1000
