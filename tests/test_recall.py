@@ -12,7 +12,7 @@ from vqformer.config import ConfigError
 from vqformer.lit.recall_module import RecallModule
 from vqformer.lit.runner import DONE, train
 
-TINY = ["model.d_model=16", "model.d_k=16", "model.d_ff=32", "data.batch_size=8", "data.eval_batch_size=8",
+TINY = ["model.d_model=16", "model.d_k=8", "model.d_ff=32", "data.batch_size=8", "data.eval_batch_size=8",
         "data.train_segments=[{input_seq_len:32,num_kv_pairs:2,num_examples:64}]",
         "data.test_segments=[{input_seq_len:32,num_kv_pairs:2,num_examples:16},"
         "{input_seq_len:64,num_kv_pairs:8,num_examples:8}]",
@@ -61,7 +61,7 @@ def test_accuracy_counts_only_query_positions(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [
-    (["model.vocab_size=100"], "model.vocab_size"),
+    (["model.vocab_size=40"], "model.vocab_size"),
     (["data.test_segments=[{input_seq_len:32,num_kv_pairs:9,num_examples:8}]"], "data.test_segments"),
     (["data.train_segments=[]"], "data.train_segments"),
     (["model.block_len=24"], "model.block_len"),
@@ -78,8 +78,9 @@ def test_recall_table_collects_runs_and_evaluates_longer_lengths(tmp_path):
 
     train(cfg_for(tmp_path, "model=recall_sw_ovq", "trainer.max_steps=2"), tmp_path / "runs" / "a")
     main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--lengths", "128:4",
-          "--n-examples", "4", "--ovq-n-max", "8"])
+          "--n-examples", "4", "--ovq-n-max", "8", "--passkey", "256"])
     rows = (tmp_path / "out" / "runs.csv").read_text().splitlines()
-    assert rows[0].startswith("experiment,arm") and len(rows) == 1 + 2 + 1 + 1   # 2 val, lengthgen, @8
+    assert rows[0].startswith("experiment,arm") and len(rows) == 1 + 2 + 2 + 2   # 2 val, lengthgen+passkey, @8
+    assert any(",passkey,256,1," in r for r in rows)
     assert any(",sw-ovq-64@8," in r for r in rows) and any(",lengthgen,128,4," in r for r in rows)
     assert (tmp_path / "out" / "recall_memory.png").stat().st_size > 1000

@@ -2,11 +2,13 @@
 recall–memory plot (ovq_recall.md §2.1–2.2: accuracy against the bytes of state a layer keeps per sequence).
 
     python -m vqformer.recall_table --runs logs/multiruns/recall --out experiments/recall \
-        [--lengths 1024:64,4096:64 --n-examples 64]
+        [--lengths 1024:16,4096:16 --passkey 1024,65536 --ovq-n-max 16,256 --n-examples 64]
 
 Each run directory holds ``config.yaml`` and the ``DONE`` metrics of ``vqformer.lit.runner.train``. Rows:
 ``source=val`` are the logged validation accuracies per test segment; ``source=lengthgen`` re-evaluates the
-checkpoint on fresh MQAR test segments ``L:D`` (seed stream "test", indices from 1000).
+checkpoint on fresh MQAR test segments ``L:D`` (seed stream "test", indices from 1000); ``source=passkey``
+on generated needles (``data/passkey.py``); ``--ovq-n-max`` re-evaluates OVQ runs with another test-time
+dictionary capacity (arm ``<arm>@<n>``).
 """
 from __future__ import annotations
 
@@ -54,31 +56,44 @@ def set_ovq_n_max(model, n: int) -> None:
             u.ovq_opts = dataclasses.replace(u.ovq_opts, n_max=n)
 
 
-def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples: int, batch: int = 16,
-                     ovq_n_max: int | None = None):
+def _datasets(cfg, segments, passkeys, n_examples):
+    """(source, L, D, inputs, labels) for the MQAR segments L:D and the passkey lengths, seeded by the run."""
     from .data.mqar import MQARSegment, load_segment
+    from .data.passkey import passkey
+
+    for i, (L, D) in enumerate(segments):
+        x, y = load_segment(None, MQARSegment(L, D, n_examples), "test", 1000 + i, vocab_size=cfg.data.vocab_size,
+                            seed=cfg.seed, power_a=cfg.data.power_a, num_passes=cfg.data.num_passes,
+                            random_non_queries=cfg.data.random_non_queries)
+        yield "lengthgen", L, D, x, y
+    for i, L in enumerate(passkeys):
+        x, y = passkey(cfg.data.vocab_size, max(4, n_examples // 4), L, seed=10_000 + cfg.seed * 100 + i)
+        yield "passkey", L, 1, x, y
+
+
+def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples: int, batch: int = 16,
+                     ovq_n_max: int | None = None, passkeys: list[int] = ()):
     from .lit.recall_module import RecallModule
 
     module = RecallModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     if ovq_n_max:
         set_ovq_n_max(module.model, ovq_n_max)
     out = []
-    for i, (L, D) in enumerate(segments):
-        x, y = load_segment(None, MQARSegment(L, D, n_examples), "test", 1000 + i, vocab_size=cfg.data.vocab_size,
-                            seed=cfg.seed, power_a=cfg.data.power_a, num_passes=cfg.data.num_passes,
-                            random_non_queries=cfg.data.random_non_queries)
+    for src, L, D, x, y in _datasets(cfg, segments, passkeys, n_examples):
         x, y = torch.from_numpy(x), torch.from_numpy(y)
+        bs = max(1, min(batch, (1 << 16) // L))
         accs = []
-        for b0 in range(0, n_examples, batch):
-            mask = y[b0:b0 + batch] != -100
-            tgt = torch.where(mask, y[b0:b0 + batch], 0)
-            _, correct, count = module.predict_batch(x[b0:b0 + batch], tgt, mask, module.model.empty_state())
+        for b0 in range(0, len(x), bs):
+            mask = y[b0:b0 + bs] != -100
+            tgt = torch.where(mask, y[b0:b0 + bs], 0)
+            _, correct, count = module.predict_batch(x[b0:b0 + bs], tgt, mask, module.model.empty_state())
             accs += (correct / count).tolist()
-        out.append((L, D, sum(accs) / len(accs)))
+        out.append((src, L, D, sum(accs) / len(accs)))
     return out
 
 
-def collect(runs: Path, lengths: list[tuple[int, int]], n_examples: int, ovq_n_max: list[int]) -> list[dict]:
+def collect(runs: Path, lengths: list[tuple[int, int]], n_examples: int, ovq_n_max: list[int],
+            passkeys: list[int] = ()) -> list[dict]:
     rows = []
     for done in sorted(runs.rglob("DONE")):
         run = done.parent
@@ -94,17 +109,18 @@ def collect(runs: Path, lengths: list[tuple[int, int]], n_examples: int, ovq_n_m
             acc = metrics.get(f"val/acc/L{L}_D{D}")
             if acc is not None:
                 rows.append(dict(base, source="val", L=L, D=D, acc=acc, state_bytes=model.state_bytes(L)))
-        if lengths and (run / "checkpoints" / "last.ckpt").exists():
-            for L, D, acc in evaluate_lengths(run, cfg, lengths, n_examples):
-                rows.append(dict(base, source="lengthgen", L=L, D=D, acc=acc, state_bytes=model.state_bytes(L)))
+        if (lengths or passkeys) and (run / "checkpoints" / "last.ckpt").exists():
+            for src, L, D, acc in evaluate_lengths(run, cfg, lengths, n_examples, passkeys=passkeys):
+                rows.append(dict(base, source=src, L=L, D=D, acc=acc, state_bytes=model.state_bytes(L)))
             if "ovq" in model.cfg.layer_types():
                 for n in ovq_n_max:
                     if n == cfg.model.ovq_n_max:
                         continue
                     set_ovq_n_max(model, n)
                     label = dict(base, arm=f"{base['arm']}@{n}")
-                    for L, D, acc in evaluate_lengths(run, cfg, lengths, n_examples, ovq_n_max=n):
-                        rows.append(dict(label, source="lengthgen", L=L, D=D, acc=acc,
+                    for src, L, D, acc in evaluate_lengths(run, cfg, lengths, n_examples, ovq_n_max=n,
+                                                           passkeys=passkeys):
+                        rows.append(dict(label, source=src, L=L, D=D, acc=acc,
                                          state_bytes=model.state_bytes(L)))
     return rows
 
@@ -171,11 +187,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("experiments/recall"))
     p.add_argument("--lengths", default="", help="extra MQAR test segments L:D,L:D evaluated from checkpoints")
     p.add_argument("--n-examples", type=int, default=64)
+    p.add_argument("--passkey", default="", help="passkey lengths evaluated from checkpoints, e.g. 1024,65536")
     p.add_argument("--ovq-n-max", default="", help="also evaluate OVQ runs with these test-time n_max, e.g. 16,256")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     lengths = [tuple(int(v) for v in s.split(":")) for s in a.lengths.split(",") if s]
-    rows = collect(a.runs, lengths, a.n_examples, [int(n) for n in a.ovq_n_max.split(",") if n])
+    rows = collect(a.runs, lengths, a.n_examples, [int(n) for n in a.ovq_n_max.split(",") if n],
+                   [int(n) for n in a.passkey.split(",") if n])
     if not rows:
         raise SystemExit(f"no finished recall runs under {a.runs}")
     a.out.mkdir(parents=True, exist_ok=True)
