@@ -38,8 +38,7 @@ def arm_name(m) -> str:
     if list(pattern) == ["swa", "vq"]:
         return f"sw-vq-{m.n_code}"
     if list(pattern) == ["swa", "ovq"]:
-        extra = "".join(f"-{k}" for k, d in (("ovq_local", False),) if m.get(k, d))
-        return f"sw-ovq-{m.ovq_n_max}{extra}"
+        return f"sw-ovq-{m.ovq_n_max}" + ("-local" if m.get("ovq_local") else "")
     return "-".join(pattern)
 
 
@@ -73,7 +72,9 @@ def _datasets(cfg, segments, passkeys, n_examples):
 
 
 def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples: int, batch: int = 16,
-                     ovq_n_max: int | None = None, passkeys: list[int] = ()):
+                     ovq_n_max: int | None = None, passkeys: list[int] = (), max_quadratic_len: int = 16384):
+    """Accuracy of a run's checkpoint on each generated set; models with full-attention units skip lengths
+    above ``max_quadratic_len`` (minutes per example at 64k on one CPU thread)."""
     from .lit.recall_module import RecallModule
 
     module = RecallModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
@@ -81,7 +82,10 @@ def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples
         set_ovq_n_max(module.model, ovq_n_max)
     out = []
     window = module.eval_window
+    quadratic = "full" in module.model.cfg.layer_types()
     for src, L, D, x, y in _datasets(cfg, segments, passkeys, n_examples):
+        if quadratic and L > max_quadratic_len:
+            continue
         # Shorter windows (state carried, same result) bound the full-attention score tensor at 16k-64k.
         module.eval_window = min(window, max(64, (1 << 24) // L))
         x, y = torch.from_numpy(x), torch.from_numpy(y)
@@ -144,29 +148,31 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def plot(summary: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(s["source"], s["L"], s["D"]) for s in summary})
+    panels = sorted({(s["experiment"], s["source"], s["L"], s["D"]) for s in summary})
     cols = min(3, len(panels))
     rows_n = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
     arms = sorted({s["arm"] for s in summary})
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
-    for ax, (src, L, D) in zip(axes.flat, panels):
-        for s in (s for s in summary if (s["source"], s["L"], s["D"]) == (src, L, D)):
+    for ax, (exp, src, L, D) in zip(axes.flat, panels):
+        for s in (s for s in summary if (s["experiment"], s["source"], s["L"], s["D"]) == (exp, src, L, D)):
             ax.errorbar(s["state_bytes"], s["acc_mean"], yerr=[[s["acc_mean"] - s["acc_min"]],
                         [s["acc_max"] - s["acc_mean"]]], fmt="o", color=colors[s["arm"]], capsize=3,
                         label=f'{s["arm"]} (d={s["d_model"]})')
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"MQAR L={L}, D={D} ({src})", fontsize=9)
+        task = f"passkey L={L}" if src == "passkey" else f"MQAR L={L}, D={D}"
+        ax.set_title(f"{task}: {src}, trained {exp.split('_', 1)[-1]}", fontsize=9)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("attention state per sequence (bytes, fp32)")
         ax.set_ylabel("query accuracy")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
     seen = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
