@@ -51,5 +51,5 @@ clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs
 
 recall: install ## MQAR recall benchmarks (experiments/recall): train every arm x 2 seeds, then the table and plot
-	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 $(ARGS) && $(PY) -m vqformer.train -m experiment=recall/mqar_L256_D16 $(ARGS)
+	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 $(ARGS)
 	$(PY) -m vqformer.recall_table --runs logs/multiruns/recall --out experiments/recall --lengths 1024:16,4096:16 --passkey 1024,4096,16384,65536 --ovq-n-max 16,256
