@@ -157,11 +157,12 @@ def plot(summary: list[dict], path: Path) -> None:
     rows_n = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
     arms = sorted({s["arm"] for s in summary})
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
+    colors = {a: plt.cm.tab20(i % 20) for i, a in enumerate(arms)}
+    markers = {a: "osD^v<>ph*X"[i % 11] for i, a in enumerate(arms)}
     for ax, (exp, src, L, D) in zip(axes.flat, panels):
         for s in (s for s in summary if (s["experiment"], s["source"], s["L"], s["D"]) == (exp, src, L, D)):
             ax.errorbar(s["state_bytes"], s["acc_mean"], yerr=[[s["acc_mean"] - s["acc_min"]],
-                        [s["acc_max"] - s["acc_mean"]]], fmt="o", color=colors[s["arm"]], capsize=3,
+                        [s["acc_max"] - s["acc_mean"]]], fmt=markers[s["arm"]], color=colors[s["arm"]], capsize=3,
                         label=f'{s["arm"]} (d={s["d_model"]})')
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
@@ -197,13 +198,18 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("experiments/recall"))
     p.add_argument("--lengths", default="", help="extra MQAR test segments L:D,L:D evaluated from checkpoints")
     p.add_argument("--n-examples", type=int, default=64)
+    p.add_argument("--from-csv", action="store_true", help="redo the summary and plot from <out>/runs.csv")
     p.add_argument("--passkey", default="", help="passkey lengths evaluated from checkpoints, e.g. 1024,65536")
     p.add_argument("--ovq-n-max", default="", help="also evaluate OVQ runs with these test-time n_max, e.g. 16,256")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     lengths = [tuple(int(v) for v in s.split(":")) for s in a.lengths.split(",") if s]
-    rows = collect(a.runs, lengths, a.n_examples, [int(n) for n in a.ovq_n_max.split(",") if n],
-                   [int(n) for n in a.passkey.split(",") if n])
+    if a.from_csv:
+        with open(a.out / "runs.csv") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = collect(a.runs, lengths, a.n_examples, [int(n) for n in a.ovq_n_max.split(",") if n],
+                       [int(n) for n in a.passkey.split(",") if n])
     if not rows:
         raise SystemExit(f"no finished recall runs under {a.runs}")
     a.out.mkdir(parents=True, exist_ok=True)
