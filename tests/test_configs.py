@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
 # Jobs each sweep file must expand to (the grid of its table); experiments not listed are single runs.
 SWEEP_SIZES = {
     "tvq/ablation_codebook": 3, "tvq/sweep_block": 3,
-    "recall/mqar_L64_D4": 14, "recall/mqar_L256_D16": 14,
+    "recall/mqar_L64_D4": 14, "recall/mqar_L256_D16": 14, "recall/ovq_ablations": 6,
 }
 
 

@@ -93,8 +93,8 @@ class MQARDataModule(L.LightningDataModule):
             self._train = self._load("train", self.train_specs)
             test = self._load("test", self.test_specs)
             if self.limit_eval_bytes:
-                test = [(x[: max(1, self.limit_eval_bytes // x.shape[1])], y[: max(1, self.limit_eval_bytes // x.shape[1])])
-                        for x, y in test]
+                cut = lambda x: x[: max(1, self.limit_eval_bytes // x.shape[1])]
+                test = [(cut(x), cut(y)) for x, y in test]
             self._test = test
 
     def train_dataloader(self) -> DataLoader:

@@ -272,7 +272,8 @@ def ovq_attention_reference(q: Tensor, k: Tensor, v: Tensor, opts: OVQOptions, *
                     seeds = []
                     for _ in range(g):
                         def nearest(j):
-                            ss = [float(score(ks[j], m).detach()) for m in mk] + [float(score(ks[j], ks[s]).detach()) for s in seeds]
+                            ss = [float(score(ks[j], m).detach()) for m in mk]
+                            ss += [float(score(ks[j], ks[s]).detach()) for s in seeds]
                             return max(ss) if ss else float("-inf")
                         seeds.append(min((j for j in range(C) if j not in seeds), key=lambda j: (nearest(j), j)))
                 n_old = len(mk)
