@@ -38,7 +38,10 @@ def arm_name(m) -> str:
     if list(pattern) == ["swa", "vq"]:
         return f"sw-vq-{m.n_code}"
     if list(pattern) == ["swa", "ovq"]:
-        return f"sw-ovq-{m.ovq_n_max}" + ("-local" if m.get("ovq_local") else "")
+        switches = [("ovq_local", False, "local"), ("ovq_growth", "saturating", None), ("ovq_seeding", "farthest", None),
+                    ("ovq_step", "count", None), ("ovq_read", "gmr", None)]
+        extra = "".join(f"-{tag or m.get(k)}" for k, default, tag in switches if m.get(k, default) != default)
+        return f"sw-ovq-{m.ovq_n_max}{extra}"
     return "-".join(pattern)
 
 
