@@ -61,3 +61,7 @@ bench: install ## throughput benchmark, reduced CPU grid (< 20 min); bench=cpu o
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs
+
+recall: install ## MQAR recall benchmarks and OVQ ablations (experiments/recall): train every arm x 2 seeds, tables, plots
+	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 $(ARGS) && $(PY) -m vqformer.train -m experiment=recall/ovq_ablations $(ARGS)
+	$(PY) -m vqformer.recall_table --runs logs/multiruns/recall/mqar_L64_D4 --out experiments/recall --lengths 1024:16,4096:16 --passkey 1024,4096,16384,65536 --ovq-n-max 16,256 && $(PY) -m vqformer.recall_table --runs logs/multiruns/recall/ovq_ablations --out experiments/recall/ablations --lengths 1024:16,4096:16

@@ -6,20 +6,29 @@ Spec: ``shared/research/transformer_vq.md``
   §1.3  head types shga / mqa / mha and the MLP that follows mqa and mha,
   §1.4  Transformer-XL relative bias ``(q + v')·r_d`` inside the band ``d <= L`` (all distances for full),
   §1.6  initialisation.
+``shared/research/ovq_recall.md``
+  §1.3  ``attn_type: ovq``: L2-normalised q and k, per-sequence online dictionaries (``nn/ovq.py``), no
+        positions (NoPE); β fixed or learned per head,
+  §1.2  ``attn_type: swa``: exact sliding window with the relative bias inside the window
+        (``nn/local_attention.py``); ``global_nope`` drops the relative bias of full/vq units (``sw-nope``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .functional import full_attention, relative_distances, vq_attention
+from .local_attention import local_attention
+from .ovq import OVQOptions, ovq_attention
 from .norm import RMSNorm, rms_norm
 from .position import sin_emb
 from .quantizer import VectorQuantizer
 
 HEAD_TYPES = ("shga", "mqa", "mha")
-ATTN_TYPES = ("vq", "full")
+ATTN_TYPES = ("vq", "full", "ovq", "swa")
 
 
 def dense(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
@@ -42,9 +51,10 @@ def head_dims(head_type: str, d_model: int, d_k: int, d_v: int) -> tuple[int, in
 class AttentionUnit(nn.Module):
     """``y = Dropout_res(((attention(q, k̂, v)) ⊙ g) W_O)``; the caller adds the residual."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, attn_type: str | None = None):
         super().__init__()
         self.cfg = cfg
+        self.attn_type = attn_type or cfg.attn_type
         D, Dk = cfg.d_model, cfg.d_k
         self.h_q, self.h_kv, self.d_v = head_dims(cfg.head_type, D, Dk, cfg.d_v)
         self.gated = cfg.head_type == "shga"
@@ -60,7 +70,26 @@ class AttentionUnit(nn.Module):
         self.xl_u = nn.Parameter(torch.zeros(self.h_q * Dk))
         self.xl_v = nn.Parameter(torch.zeros(self.h_q * Dk))
         self.quantizer = (VectorQuantizer(self.h_kv, cfg.n_code, Dk, cfg.c_gamma)
-                          if cfg.attn_type == "vq" else None)
+                          if self.attn_type == "vq" else None)
+        self.ovq_opts, self.ovq_log_beta = None, None
+        if self.attn_type == "ovq":
+            self.ovq_opts = OVQOptions(cfg.ovq_n_max, cfg.ovq_chunk_len, cfg.ovq_growth, cfg.ovq_growth_scale,
+                                       cfg.ovq_seeding, cfg.ovq_step, cfg.ovq_step_const, cfg.ovq_read, cfg.ovq_local)
+            if cfg.ovq_beta_learned:   # 1-D: excluded from weight decay like xl_u, xl_v
+                self.ovq_log_beta = nn.Parameter(torch.full((self.h_q,), math.log(cfg.ovq_beta)))
+
+    def state_bytes(self, length: int) -> int:
+        """Bytes of attention state this unit keeps per sequence after ``length`` tokens (fp32 tensors)."""
+        cfg, per_tok = self.cfg, self.h_kv * (self.cfg.d_k + self.d_v)
+        if self.attn_type == "full":
+            n = length * per_tok
+        elif self.attn_type == "swa":
+            n = min(cfg.swa_window, length) * per_tok
+        elif self.attn_type == "vq":   # two blocks of keys and values, per-code value sums and counts
+            n = 2 * cfg.block_len * per_tok + (cfg.n_code * (self.d_v + 1) if cfg.agg_cache else 0) * self.h_kv
+        else:                           # dictionary rows (+ the partial chunk when it is attended exactly)
+            n = cfg.ovq_n_max * (per_tok + self.h_kv) + (cfg.ovq_chunk_len * per_tok if cfg.ovq_local else 0)
+        return 4 * n
 
     def _heads(self, x: Tensor, h: int) -> Tensor:
         return x.view(*x.shape[:2], h, -1).transpose(1, 2)          # [B,T,h·d] -> [B,h,T,d]
@@ -76,6 +105,8 @@ class AttentionUnit(nn.Module):
     def forward(self, x: Tensor, state=None, sin_mask: Tensor | None = None):
         cfg, scale = self.cfg, self.cfg.d_k ** -0.25
         h = self.norm(x)
+        if self.attn_type == "ovq":
+            return self._ovq(x, h, state)
         q = rms_norm(self._heads(self.w_q(h), self.h_q)) * scale
         k = rms_norm(self._heads(self.w_k(h), self.h_kv)) * scale
         v = self._heads(self.w_v(h), self.h_kv)
@@ -84,10 +115,16 @@ class AttentionUnit(nn.Module):
         qu = q + self.xl_u.view(self.h_q, 1, -1) * scale
         qv = q + self.xl_v.view(self.h_q, 1, -1) * scale
 
-        if self.quantizer is not None:
+        nope = cfg.global_nope
+        if self.attn_type == "swa":
+            W = cfg.swa_window
+            band = self._rel_scores(qv, torch.arange(W, device=x.device), sin_mask)
+            o, state = local_attention(qu, k, v, W, band_bias=band, state=state)
+            commit, stats = x.new_zeros(()), {}
+        elif self.quantizer is not None:
             vq = self.quantizer(k)
             L = cfg.block_len
-            band = self._rel_scores(qv, torch.arange(L + 1, device=x.device), sin_mask)
+            band = None if nope else self._rel_scores(qv, torch.arange(L + 1, device=x.device), sin_mask)
             o, state = vq_attention(qu, vq.k_hat, v, vq.codes, self.quantizer.codebook.to(q.dtype), L,
                                     band_bias=band, agg_cache=cfg.agg_cache, state=state,
                                     grad_thru_cache=cfg.grad_thru_cache)
@@ -95,17 +132,31 @@ class AttentionUnit(nn.Module):
         else:
             pos = 0 if state is None else state.pos
             n_keys = pos + x.shape[1]
-            rel = self._rel_scores(qv, torch.arange(n_keys, device=x.device), sin_mask)
-            d = relative_distances(x.shape[1], pos, n_keys, device=x.device)
-            bias = torch.gather(rel, -1, d.clamp(min=0).expand(*rel.shape[:2], -1, -1))
+            bias = None
+            if not nope:
+                rel = self._rel_scores(qv, torch.arange(n_keys, device=x.device), sin_mask)
+                d = relative_distances(x.shape[1], pos, n_keys, device=x.device)
+                bias = torch.gather(rel, -1, d.clamp(min=0).expand(*rel.shape[:2], -1, -1))
             o, state = full_attention(qu, k, v, bias=bias, state=state)
             commit, stats = x.new_zeros(()), {}
+        return self._output(x, h, o), commit, stats, state
 
+    def _ovq(self, x: Tensor, h: Tensor, state):
+        """OVQ unit: unit-norm q and k, online dictionaries, no positions (ovq_recall.md §1.2–1.3)."""
+        q = F.normalize(self._heads(self.w_q(h), self.h_q), dim=-1)
+        k = F.normalize(self._heads(self.w_k(h), self.h_kv), dim=-1)
+        v = self._heads(self.w_v(h), self.h_kv)
+        if self.gated:
+            v = F.silu(v)
+        beta = self.ovq_log_beta.exp() if self.ovq_log_beta is not None else self.cfg.ovq_beta
+        o, state = ovq_attention(q, k, v, self.ovq_opts, beta=beta, state=state)
+        return self._output(x, h, o), x.new_zeros(()), {}, state
+
+    def _output(self, x: Tensor, h: Tensor, o: Tensor) -> Tensor:
         o = o.transpose(1, 2).reshape(*x.shape[:2], -1)                 # [B,T,Hq·Dv]
         if self.gated:
             o = o * F.silu(self.w_g(h))
-        y = F.dropout(self.w_o(o), cfg.p_dropres, self.training)
-        return y, commit, stats, state
+        return F.dropout(self.w_o(o), self.cfg.p_dropres, self.training)
 
 
 class MLP(nn.Module):

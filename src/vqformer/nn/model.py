@@ -6,6 +6,8 @@ Spec: ``shared/research/transformer_vq.md``
         untied output with bias, logits × ``e_scale``,
   §1.5  dropouts, LayerDrop as a per-example mask on each residual branch rescaled by 1/(1-p),
   §2    commit loss summed over attention units; EMA codebook update via ``update_codebooks()``.
+``shared/research/ovq_recall.md`` §1.2–1.3: ``attn_type`` ovq | swa and ``layer_pattern`` (layer i uses
+``layer_pattern[i % len]``) for the SWA hybrids ``sw-ovq``, ``sw-vq`` and ``sw-nope`` (``global_nope``).
 """
 from __future__ import annotations
 
@@ -48,6 +50,21 @@ class TransformerVQConfig:
     e_scale: float = 1.0
     pe_abs: bool = False
     pe_lam: float = 1e5
+    # Hybrids and the OVQ / sliding-window layers (ovq_recall.md §1.3; [R] choices are switches)
+    layer_pattern: list | None = None   # e.g. [swa, ovq]: layer i uses entry i % len; null: attn_type everywhere
+    global_nope: bool = False        # full/vq units without the relative position bias (sw-nope)
+    swa_window: int = 64             # W of the sliding window (keys at distances 0..W-1)
+    ovq_n_max: int = 64              # dictionary capacity per head
+    ovq_chunk_len: int = 64          # tokens merged at once; a chunk reads the dictionary of earlier chunks
+    ovq_growth: str = "saturating"   # saturating | dp | linear
+    ovq_growth_scale: float | None = None   # s of the schedule; null: ovq_n_max
+    ovq_seeding: str = "farthest"    # farthest | random
+    ovq_step: str = "count"          # count (running mean) | constant
+    ovq_step_const: float = 0.1
+    ovq_read: str = "gmr"            # gmr | cosine | dot
+    ovq_local: bool = False          # also attend exactly to the earlier tokens of the own chunk
+    ovq_beta: float = 8.0            # read-out inverse temperature (initial value when learned)
+    ovq_beta_learned: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -62,6 +79,25 @@ class TransformerVQConfig:
             bad("head_type", f"choose one of {list(HEAD_TYPES)}")
         if self.attn_type not in ATTN_TYPES:
             bad("attn_type", f"choose one of {list(ATTN_TYPES)}")
+        if self.layer_pattern is not None:
+            if (not isinstance(self.layer_pattern, (list, tuple)) or not self.layer_pattern
+                    or any(a not in ATTN_TYPES for a in self.layer_pattern)):
+                bad("layer_pattern", f"must be null or a non-empty list of {list(ATTN_TYPES)}")
+            self.layer_pattern = list(self.layer_pattern)
+        for name in ("swa_window", "ovq_n_max", "ovq_chunk_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        from .ovq import GROWTH, READS, SEEDING, STEPS
+        for name, allowed in (("ovq_growth", GROWTH), ("ovq_seeding", SEEDING), ("ovq_step", STEPS),
+                              ("ovq_read", READS)):
+            if getattr(self, name) not in allowed:
+                bad(name, f"choose one of {list(allowed)}")
+        if self.ovq_growth_scale is not None and not self.ovq_growth_scale > 0:
+            bad("ovq_growth_scale", "must be > 0 or null")
+        if not 0.0 < self.ovq_step_const <= 1.0:
+            bad("ovq_step_const", "must be in (0, 1]")
+        if not self.ovq_beta > 0:
+            bad("ovq_beta", "must be > 0")
         if self.head_type != "shga" and self.d_model % self.d_k:
             bad("d_k", f"must divide d_model={self.d_model} for head_type={self.head_type}")
         if self.mem_len is not None and self.mem_len != self.block_len:
@@ -82,6 +118,11 @@ class TransformerVQConfig:
         """Raise if ``block_len`` does not divide a length the model will be run on."""
         if length < 1 or length % self.block_len:
             raise ValueError(f"model.block_len={self.block_len} must divide {name}={length}")
+
+    def layer_types(self) -> list[str]:
+        """The attention type of each layer."""
+        pattern = self.layer_pattern or [self.attn_type]
+        return [pattern[i % len(pattern)] for i in range(self.n_layer)]
 
     @property
     def ffn_width(self) -> int:
@@ -115,9 +156,9 @@ class TransformerVQ(nn.Module):
         self.pe_scale = nn.Parameter(torch.zeros(())) if cfg.pe_abs else None
         # One flat list of residual branches: (GAU, GAU) per layer for shga, (attention, MLP) otherwise.
         self.branches = nn.ModuleList()
-        for _ in range(cfg.n_layer):
-            second = AttentionUnit(cfg) if cfg.head_type == "shga" else MLP(D, cfg.ffn_width)
-            self.branches.extend([AttentionUnit(cfg), second])
+        for kind in cfg.layer_types():
+            second = AttentionUnit(cfg, kind) if cfg.head_type == "shga" else MLP(D, cfg.ffn_width)
+            self.branches.extend([AttentionUnit(cfg, kind), second])
         self.units = [b for b in self.branches if isinstance(b, AttentionUnit)]
         self.final_norm = RMSNorm(D) if cfg.e_preln else None
         self.out = None if cfg.e_tie else dense(D, cfg.vocab_size, bias=True)
@@ -126,6 +167,10 @@ class TransformerVQ(nn.Module):
     def empty_state(self) -> DecoderState:
         """A fresh state that accepts pieces of any length (sampling); ``state=None`` requires whole blocks."""
         return DecoderState(0, [None] * len(self.units))
+
+    def state_bytes(self, length: int) -> int:
+        """Bytes of attention state kept per sequence after ``length`` tokens, summed over units (fp32)."""
+        return sum(u.state_bytes(length) for u in self.units)
 
     def quantizers(self):
         return [u.quantizer for u in self.units if u.quantizer is not None]
@@ -159,7 +204,8 @@ class TransformerVQ(nn.Module):
         if state is None:
             cfg.check_sequence_len("the input length", T)
             state = self.empty_state()
-        n_sin = cfg.block_len + 1 if cfg.attn_type == "vq" else state.pos + T
+        need = {"vq": cfg.block_len + 1, "full": state.pos + T, "swa": cfg.swa_window, "ovq": 1}
+        n_sin = max(need[u.attn_type] for u in self.units)
         layer_mask, sin_mask = self._drop_masks(B, n_sin, tokens.device, drop_seed)
 
         x = self.embed(tokens)

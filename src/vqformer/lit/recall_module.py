@@ -1,0 +1,125 @@
+"""Lightning module of the recall benchmarks: the LM loss on query positions, accuracy per test segment.
+
+Spec: ``shared/research/ovq_recall.md`` §2.1 (cross-entropy over the labelled query positions only; accuracy
+per example = fraction of correct argmax predictions, averaged over examples; reported per slice) and §2.2
+(state size per arm). Training is ``LMModule``'s (windows of ``update_len`` with the state carried; recall
+configs use one window per sequence). Evaluation carries the state over windows of ``eval_window`` tokens
+and logs ``<stage>/acc`` (mean over segments), ``<stage>/loss`` and ``<stage>/acc/<segment>``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, _positive_int, model_config
+from .lm_module import LMModule
+
+
+class RecallModule(LMModule):
+    def __init__(self, model: dict, optim: dict, update_len: int, micro_batch_size: int | None = None,
+                 eval_window: int | None = None, seed: int = 0, segment_names: list | None = None):
+        super().__init__(model=model, optim=optim, update_len=update_len, micro_batch_size=micro_batch_size,
+                         eval_window=eval_window, seed=seed)
+        self.segment_names = list(segment_names or [])
+        self._acc = {}
+
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        mcfg = model_config(cfg)
+        for key in ("update_len", "eval_window", "trainer.max_steps", "ckpt_every", "data.batch_size",
+                    "data.vocab_size"):
+            _positive_int(cfg, key)
+        if mcfg.vocab_size < cfg.data.vocab_size:
+            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= data.vocab_size={cfg.data.vocab_size}")
+        specs = OmegaConf.to_container(cfg.data, resolve=True)
+        lengths = set()
+        for key in ("train_segments", "test_segments"):
+            segs = specs.get(key) or []
+            if not segs:
+                raise ConfigError(f"data.{key} must list at least one segment")
+            lengths |= {s.get("input_seq_len") for s in segs}
+        try:
+            from hydra.utils import get_class
+            get_class(cfg.data._target_)
+            for n in sorted(lengths):   # a fresh model call takes whole blocks
+                mcfg.check_sequence_len("data.*_segments.input_seq_len", n)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        except Exception as e:  # an unimportable target
+            raise ConfigError(f"data._target_={cfg.data._target_!r} cannot be imported: {e}") from None
+        if cfg.update_len % mcfg.block_len or cfg.eval_window % mcfg.block_len:
+            raise ConfigError(f"model.block_len={mcfg.block_len} must divide update_len and eval_window")
+        try:
+            from ..data.recall_datamodule import _segments
+            from ..data.mqar import check_segment
+            for key in ("train_segments", "test_segments"):
+                for i, sp in enumerate(_segments(specs[key], f"data.{key}")):
+                    check_segment(sp, cfg.data.vocab_size, specs.get("num_passes", 1), f"data.{key}[{i}]")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "RecallModule":
+        names = [f"L{s.input_seq_len}_D{s.num_kv_pairs}" for s in cfg.data.test_segments]
+        return cls(model=OmegaConf.to_container(cfg.model, resolve=True),
+                   optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                   update_len=cfg.update_len, micro_batch_size=cfg.get("micro_batch_size"),
+                   eval_window=cfg.eval_window, seed=cfg.seed, segment_names=names)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict_batch(self, inputs, targets, mask, state=None):
+        """(summed NLL, correct predictions per example, scored positions per example) over whole sequences."""
+        nll = torch.zeros((), dtype=torch.float64, device=inputs.device)
+        correct = torch.zeros(inputs.shape[0], dtype=torch.float64, device=inputs.device)
+        for w0 in range(0, inputs.shape[1], self.eval_window):
+            cols = slice(w0, w0 + self.eval_window)
+            logits, aux = self.model(inputs[:, cols], state)
+            state = aux.state
+            m = mask[:, cols]
+            nll += self._nll(logits, targets[:, cols], m.float()).double()
+            correct += ((logits.argmax(-1) == targets[:, cols]) & m).sum(1).double()
+        return nll, correct, mask.sum(1).double()
+
+    def _eval_step(self, batch):
+        nll, correct, count = self.predict_batch(batch["inputs"], batch["targets"], batch["mask"])
+        seg = int(batch["segment"])
+        acc = self._acc.setdefault(seg, torch.zeros(4, dtype=torch.float64))
+        per_ex = correct / count.clamp_min(1)
+        acc += torch.stack([per_ex.sum(), torch.tensor(float(len(per_ex)), dtype=torch.float64),
+                            nll.cpu(), count.sum().cpu()]).cpu()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self):
+        self._log_recall("val")
+
+    def on_test_epoch_end(self):
+        self._log_recall("test")
+
+    def _log_recall(self, stage: str):
+        if not self._acc:
+            return
+        accs, nll, n = {}, 0.0, 0.0
+        for seg, (a, e, s_nll, s_n) in sorted(self._acc.items()):
+            name = self.segment_names[seg] if seg < len(self.segment_names) else f"seg{seg}"
+            accs[name] = float(a / e)
+            nll, n = nll + float(s_nll), n + float(s_n)
+        for name, a in accs.items():
+            self.log(f"{stage}/acc/{name}", a)
+        self.log(f"{stage}/acc", sum(accs.values()) / len(accs), prog_bar=True)
+        self.log(f"{stage}/loss", nll / max(n, 1.0), prog_bar=True)
+        self._acc = {}
+
+    def _log_train(self, loss, commit, stats, sched):
+        self.log_dict({"train/loss": loss, "train/commit": commit, "train/lr": sched.get_last_lr()[0],
+                       "train/tokens_seen": float(self.tokens_seen)}, on_step=True, on_epoch=False)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
+
+
+__all__ = ["RecallModule"]
