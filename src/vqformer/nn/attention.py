@@ -127,7 +127,7 @@ class AttentionUnit(nn.Module):
             band = None if nope else self._rel_scores(qv, torch.arange(L + 1, device=x.device), sin_mask)
             o, state = vq_attention(qu, vq.k_hat, v, vq.codes, self.quantizer.codebook.to(q.dtype), L,
                                     band_bias=band, agg_cache=cfg.agg_cache, state=state,
-                                    grad_thru_cache=cfg.grad_thru_cache)
+                                    grad_thru_cache=cfg.grad_thru_cache, kernel=cfg.kernel)
             commit, stats = vq.commit_loss, vq.stats
         else:
             pos = 0 if state is None else state.pos

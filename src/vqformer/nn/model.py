@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .attention import ATTN_TYPES, HEAD_TYPES, MLP, AttentionUnit, dense
-from .functional import _TensorState
+from .functional import KERNELS, _TensorState
 from .norm import RMSNorm
 from .position import sin_emb
 
@@ -50,6 +51,9 @@ class TransformerVQConfig:
     e_scale: float = 1.0
     pe_abs: bool = False
     pe_lam: float = 1e5
+    # Implementation knobs (same numbers, different speed / memory)
+    kernel: str = "chunked"          # vq_attention over whole blocks: chunked (fast) | eager (the definition)
+    remat: bool = False              # recompute each residual branch in backward (activation checkpointing)
     # Hybrids and the OVQ / sliding-window layers (ovq_recall.md §1.3; [R] choices are switches)
     layer_pattern: list | None = None   # e.g. [swa, ovq]: layer i uses entry i % len; null: attn_type everywhere
     global_nope: bool = False        # full/vq units without the relative position bias (sw-nope)
@@ -98,6 +102,8 @@ class TransformerVQConfig:
             bad("ovq_step_const", "must be in (0, 1]")
         if not self.ovq_beta > 0:
             bad("ovq_beta", "must be > 0")
+        if self.kernel not in KERNELS:
+            bad("kernel", f"choose one of {list(KERNELS)}")
         if self.head_type != "shga" and self.d_model % self.d_k:
             bad("d_k", f"must divide d_model={self.d_model} for head_type={self.head_type}")
         if self.mem_len is not None and self.mem_len != self.block_len:
@@ -144,6 +150,26 @@ class Aux:
     commit_loss: Tensor   # summed over attention units (weighted by c_beta in the training loss)
     stats: dict           # codebook health averaged over units
     state: DecoderState
+
+
+def _checkpointed(branch: nn.Module, *args):
+    """Run a residual branch without keeping its activations; backward recomputes them (same dropout:
+    the RNG state is restored). The recomputation must not count the keys in the EMA codebook statistics
+    a second time, so the quantizer collects only on the first call."""
+    calls = 0
+    qz = getattr(branch, "quantizer", None)
+
+    def once(*a):
+        nonlocal calls
+        calls += 1
+        if qz is None or calls == 1:
+            return branch(*a)
+        qz.collect = False
+        try:
+            return branch(*a)
+        finally:
+            qz.collect = True
+    return torch.utils.checkpoint.checkpoint(once, *args, use_reentrant=False)
 
 
 class TransformerVQ(nn.Module):
@@ -215,14 +241,15 @@ class TransformerVQ(nn.Module):
         x = F.dropout(x, cfg.p_dropemb, self.training)
 
         commit, stats, new_units = x.new_zeros(()), [], []
+        run = _checkpointed if cfg.remat and torch.is_grad_enabled() else (lambda branch, *a: branch(*a))
         for i, branch in enumerate(self.branches):
             if isinstance(branch, AttentionUnit):
-                y, c, s, st = branch(x, state.units[len(new_units)], sin_mask)
+                y, c, s, st = run(branch, x, state.units[len(new_units)], sin_mask)
                 commit = commit + c
                 stats.append(s)
                 new_units.append(st)
             else:
-                y = branch(x)
+                y = run(branch, x)
             if layer_mask is not None:
                 y = y * layer_mask[i].to(y.dtype)[:, None, None]
             x = x + y

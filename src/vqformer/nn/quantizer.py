@@ -36,6 +36,7 @@ class VectorQuantizer(nn.Module):
         # Statistics of the current optimizer step; not saved: checkpoints are taken between steps.
         self.register_buffer("acc_sum", torch.zeros(n_head, n_code, d_k), persistent=False)
         self.register_buffer("acc_count", torch.zeros(n_head, n_code), persistent=False)
+        self.collect = True   # False while activation checkpointing recomputes a forward already counted
 
     @property
     def codebook(self) -> Tensor:
@@ -57,7 +58,7 @@ class VectorQuantizer(nn.Module):
         k_hat = c_z.detach() + (k - k.detach())
         err = (k - c_z.detach()).pow(2).sum(-1)                     # [B,H,T]
         commit = err.sum(1).mean()
-        if self.training:
+        if self.training and self.collect:
             self._accumulate(k.detach(), codes)
         return VQOutput(k_hat, codes, commit, self._stats(k.detach(), codes, err.detach()))
 
