@@ -21,6 +21,7 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
 # Jobs each sweep file must expand to (the grid of its table); experiments not listed are single runs.
 SWEEP_SIZES = {
     "tvq/ablation_codebook": 3, "tvq/sweep_block": 3,
+    **{f"longvq/baselines_{t}": 3 for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar")},
 }
 
 

@@ -30,7 +30,8 @@ EMBEDS = ("token", "real")
 class LongVQConfig:
     """Defaults: MEGA's ListOps row of Table 8 (§2.2) with a codebook of 256 and a window of 128."""
     vocab_size: int = 16
-    embed: str = "token"            # token | real (pixel scalars)
+    embed: str = "token"            # token | real (pixel values: e = x·W + b)
+    in_channels: int = 1            # embed=real: values per position (3 for sCIFAR)
     n_classes: int = 10
     retrieval: bool = False         # two documents per example, shared encoder, [u; v] head
     d_model: int = 80
@@ -64,7 +65,7 @@ class LongVQConfig:
     def validate(self) -> None:
         def bad(name, allowed):
             raise ValueError(f"model.{name}={getattr(self, name)!r} is invalid: {allowed}")
-        for name in ("vocab_size", "n_classes", "d_model", "d_ffn", "z_dim", "v_dim", "n_dim", "n_layer",
+        for name in ("vocab_size", "in_channels", "n_classes", "d_model", "d_ffn", "z_dim", "v_dim", "n_dim", "n_layer",
                      "n_code", "block_len", "max_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -114,7 +115,8 @@ def _pad_to(x: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
     n = length - x.shape[1]
     if n == 0:
         return x, mask
-    return F.pad(x, (0, n)), F.pad(mask, (0, n), value=False)
+    pad = (0, 0, 0, n) if x.dim() == 3 else (0, n)                     # [B,T,C] pixels pad along T
+    return F.pad(x, pad), F.pad(mask, (0, n), value=False)
 
 
 class _Stack(nn.Module):
@@ -127,7 +129,7 @@ class _Stack(nn.Module):
             self.embed = nn.Embedding(cfg.vocab_size, D)
             nn.init.normal_(self.embed.weight, 0.0, D ** -0.5)
         else:
-            self.embed_w = nn.Parameter(torch.randn(D))
+            self.embed_w = nn.Parameter(torch.randn(cfg.in_channels, D))
             self.embed_b = nn.Parameter(torch.randn(D) * 0.1)
         self.blocks = nn.ModuleList(LongVQBlock(cfg, causal) for _ in range(cfg.n_layer))
         self.final_norm = SequenceNorm(cfg.norm, D) if cfg.prenorm else None
@@ -142,12 +144,13 @@ class _Stack(nn.Module):
             qz.update()
 
     def encode(self, x: Tensor, mask: Tensor, reference: bool = False):
-        """x [B,T] tokens (long) or pixels (float), mask [B,T] -> (hidden [B,T',D], mask [B,T'], commit, stats)."""
+        """x [B,T] tokens (long) or pixels [B,T] / [B,T,C] (float), mask [B,T] -> (hidden [B,T',D], mask [B,T'], commit, stats)."""
         x, mask = _pad_to(x, mask, self.cfg.padded_len(x.shape[1]))
         if self.cfg.embed == "token":
             h = self.embed(x)
         else:
-            h = x[..., None].to(self.embed_w.dtype) * self.embed_w + self.embed_b
+            x = x[..., None] if x.dim() == 2 else x                     # [B,T] scalars or [B,T,C]
+            h = x.to(self.embed_w.dtype) @ self.embed_w + self.embed_b
         h = F.dropout(h * mask[..., None].to(h.dtype), self.cfg.dropout, self.training)
         commit, stats = h.new_zeros(()), []
         for block in self.blocks:
