@@ -98,14 +98,22 @@ class _Generator:
         return pad <= pt[0] < self.p.window_size - pad and pad <= pt[1] < self.p.window_size - pad
 
     def free(self, pt, radius: float) -> bool:
+        return bool(self.free_many(np.asarray([pt], np.float64), radius)[0])
+
+    def free_many(self, pts: np.ndarray, radius: float) -> np.ndarray:
+        """No occupied fine pixel within ``radius`` of each point [n,2] (points off the canvas are not free)."""
         aa, n = self.p.antialias, self.c.occ.shape[0]
-        cy, cx, r = pt[0] * aa, pt[1] * aa, radius * aa
-        y0, y1 = max(0, int(cy - r)), min(n, int(cy + r) + 1)
-        x0, x1 = max(0, int(cx - r)), min(n, int(cx + r) + 1)
-        if y0 >= y1 or x0 >= x1:
-            return False
-        yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
-        return not self.c.occ[y0:y1, x0:x1][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r].any()
+        r = radius * aa
+        k = int(math.ceil(r))
+        dy, dx = np.mgrid[-k:k + 1, -k:k + 1]
+        centre = np.floor(pts * aa).astype(int)
+        # fine pixel (i, j) has its centre at (i + 0.5, j + 0.5)
+        off = (dy + 0.5 + centre[:, :1, None] - pts[:, :1, None] * aa) ** 2 \
+            + (dx + 0.5 + centre[:, 1:, None] - pts[:, 1:, None] * aa) ** 2 <= r * r     # [n, 2k+1, 2k+1]
+        yy, xx = centre[:, 0, None, None] + dy, centre[:, 1, None, None] + dx
+        on = (yy >= 0) & (yy < n) & (xx >= 0) & (xx < n)
+        hit = self.c.occ[yy.clip(0, n - 1), xx.clip(0, n - 1)] & on & off
+        return ~hit.reshape(len(pts), -1).any(1) & on.reshape(len(pts), -1).all(1)
 
     def stroke(self, a, b):
         aa = self.p.antialias
@@ -138,18 +146,20 @@ class _Generator:
                 angles = self.rng.uniform(0, 2 * math.pi) + 2 * math.pi * np.arange(n) / n
                 diff = np.abs((angles - theta + math.pi) % (2 * math.pi) - math.pi)
                 w = np.maximum(np.cos(np.minimum(diff * p.continuity, math.pi / 2)), 0) ** 2
-                ends = [(pivot[0] + L * math.sin(a), pivot[1] + L * math.cos(a)) for a in angles]
-                w = w * np.array([self.inside(e) and self.free(e, m) for e in ends], float)
+                ends = np.stack([pivot[0] + L * np.sin(angles), pivot[1] + L * np.cos(angles)], 1)
+                pad = self.p.padding
+                inside = ((ends >= pad) & (ends < self.p.window_size - pad)).all(1)
+                w = w * (inside & self.free_many(ends, m))
                 placed = False
                 for _ in range(p.max_paddle_retrial):
                     if w.sum() <= 0:
                         break
                     k = self.rng.choice(n, p=w / w.sum())
-                    seg = self.stroke(pivot, ends[k])
+                    seg = self.stroke(pivot, tuple(ends[k]))
                     if not self.overlaps(seg):
                         segs.append(seg)
                         self.commit([seg], 0.0)
-                        theta, head, placed = float(angles[k]), ends[k], True
+                        theta, head, placed = float(angles[k]), tuple(ends[k]), True
                         break
                     w[k] = 0
                 if not placed:
