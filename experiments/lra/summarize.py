@@ -27,7 +27,7 @@ def main():
     for r in rows:
         if r.get("train/loss"):
             train.append(float(r["train/loss"]))
-        if r.get("val/acc"):
+        if r.get("val/acc") and (train or not out):   # the runner's final re-validation repeats the last one
             out.append({"step": int(r["step"]) + 1, "val_acc": float(r["val/acc"]), "val_loss": float(r["val/loss"]),
                         "train_loss": sum(train) / max(1, len(train))})
             train = []
@@ -37,9 +37,9 @@ def main():
         w.writerows(out)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([o["step"] for o in out], [o["val_acc"] for o in out], "o-", label="LongVQ (validation)")
-    for ref in a.ref:
+    for i, ref in enumerate(a.ref):
         name, acc = ref.split("=")
-        ax.axhline(float(acc), ls="--", color="grey" if "chance" in name else None, label=name)
+        ax.axhline(float(acc), ls="--", color="grey" if "chance" in name else f"C{i + 1}", label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("accuracy")
     ax.set_title(a.title)
