@@ -60,7 +60,7 @@ class LRADataModule(L.LightningDataModule):
     def __init__(self, task: str, root: str, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, seed: int = 0, source: str = "generated", max_len: int | None = None,
                  generator: dict | None = None, limit_train_examples: int | None = None,
-                 limit_eval_examples: int | None = None, limit_eval_bytes: int | None = None, name: str | None = None):
+                 limit_eval_examples: int | None = None, limit_eval_bytes: int | None = None):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"data.task={task!r} is unknown; choose one of {sorted(TASKS)}")
