@@ -266,3 +266,19 @@ def test_bad_config_names_the_key(kw, key):
 def test_decoder_rejects_what_the_recurrence_cannot_do(kw, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         LongVQDecoder(tiny_cfg(**kw))
+
+
+@pytest.mark.parametrize("attn_fn", ["softmax", "laplace"])
+@pytest.mark.parametrize("window", ["chunk", "band"])
+def test_linear_time_gradients_to_queries_values_and_bias_equal_the_reference(attn_fn, window):
+    q, k, v, codes, codebook, mask = make_attn(T=12)
+    bias = torch.randn(2 * window_span(window, 3) - 1, dtype=F64)
+    grads = []
+    for fn in (lambda *a: vq_attention_bidir(*a[:3], codes, codebook, a[3], 3, bias=a[4], attn_fn=attn_fn, window=window),
+               lambda *a: bidir_attention_reference(*a[:4], 3, bias=a[4], attn_fn=attn_fn, window=window)):
+        leaves = [t.clone().requires_grad_(True) for t in (q, v, bias)]
+        out = fn(leaves[0], k, leaves[1], mask, leaves[2])
+        (out * torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
