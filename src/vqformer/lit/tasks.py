@@ -12,6 +12,7 @@ from ..config import ConfigError
 
 TASKS = {
     "lm": "vqformer.lit.lm_module:LMModule",               # byte/token language modelling (Transformer-VQ)
+    "classify": "vqformer.lit.cls_module:ClassifyModule",  # sequence classification (LongVQ on LRA)
     "recall": "vqformer.lit.recall_module:RecallModule",
 }
 

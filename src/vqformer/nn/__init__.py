@@ -9,3 +9,9 @@ from .quantizer import VectorQuantizer, VQOutput
 __all__ = ["functional", "MLP", "AttentionUnit", "FullAttentionState", "VQAttentionState", "full_attention",
            "full_attention_reference", "vq_attention", "vq_attention_reference", "Aux", "DecoderState",
            "TransformerVQ", "TransformerVQConfig", "VectorQuantizer", "VQOutput"]
+from .ema import S4D, DampedEMA
+from .longvq_model import LongVQClassifier, LongVQConfig, LongVQDecoder
+from .vq_bidirectional import bidir_attention_reference, vq_attention_bidir
+
+__all__ += ["S4D", "DampedEMA", "LongVQClassifier", "LongVQConfig", "LongVQDecoder", "bidir_attention_reference",
+            "vq_attention_bidir"]
