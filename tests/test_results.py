@@ -45,12 +45,16 @@ def test_tables_select_by_config_and_judge_against_the_seed_spread(tmp_path):
     assert set(rows) == {16, 64, 256}                       # the cache-off run is not a codebook arm
     assert rows[16]["mean"] == pytest.approx(2.31) and rows[16]["seeds"] == 2
     assert rows[16]["verdict"] == "worse"                   # 0.2 apart, spread 0.02
-    assert rows[256]["verdict"] == "within seed spread"     # 0.01 apart, spread 0.02
+    assert rows[256]["verdict"] == "within seed spread; worse in each seed (paired)"   # 0.01 apart, spread 0.02
+    assert rows[256]["paired"] == "+0.0100 +0.0100"
     assert rows[64]["verdict"] == "reference"
     cache = {r["arm"]: r for r in summarize(SPEC["mini_cache"], recs)}
     assert cache[True]["seeds"] == 2 and cache[False]["verdict"] == "one seed: no noise estimate"
     md = to_markdown(SPEC["mini_codebook"], list(rows.values()))
     assert "| 16 | 2 | 200 | 2.3100" in md
+    mixed = [load_run(fake_run(tmp_path / "m", "tvq/mini_block", block_len=L, seed=seed, bpb=b))
+             for L, seed, b in [(64, 0, 2.0), (64, 1, 2.1), (32, 0, 2.01), (32, 1, 2.09)]]
+    assert summarize(SPEC["mini_block"], mixed)[0]["verdict"] == "within seed spread"   # signs differ
 
 
 def test_make_results_archives_runs_and_writes_tables_and_plots(tmp_path):

@@ -37,15 +37,16 @@ def _row_tiles(L: int, n: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _local_layout(L: int, r0: int, r1: int, G: int, agg_cache: bool, device) -> tuple[Tensor, Tensor]:
+def _local_layout(L: int, r0: int, r1: int, G: int, agg_cache: bool, device) -> tuple[Tensor, Tensor, int]:
     """For rows ``r0..r1-1`` of each of G groups and local columns ``0..L+r1-1``: the band-bias index
-    (L+1: outside the band, a zero column) and the hidden keys (future keys; without the cache also keys
-    farther than L)."""
+    (L+1: outside the band, a zero column), and the hidden keys from local column ``h0`` on (future keys;
+    without the cache also keys farther than L; with it no previous-block key is hidden, so h0 = L)."""
     i = torch.arange(r0, r1, device=device).repeat(G)[:, None]
     d = i + L - torch.arange(L + r1, device=device)[None, :]
     idx = torch.where((d >= 0) & (d <= L), d, torch.full_like(d, L + 1))
-    hidden = (d < 0) if agg_cache else (d < 0) | (d > L)
-    return idx, hidden
+    h0 = L if agg_cache else 0
+    hidden = (d < 0)[:, h0:] if agg_cache else (d < 0) | (d > L)
+    return idx, hidden, h0
 
 
 def _rows(x: Tensor, G: int, r0: int, r1: int) -> Tensor:
@@ -88,7 +89,7 @@ class _Chunk:
         else:
             self.after = (run_sum, run_cnt)
 
-    def tile(self, r0: int, r1: int):
+    def tile(self, r0: int, r1: int, layout):
         """Scores [B,H,c,G·(r1-r0),S+L+r1] with every additive term, and the K and V they came from."""
         L, G, S_cols = self.L, self.G, self.S if self.agg else 0
         K, V = self.k_loc[..., :L + r1, :], self.v_loc[..., :L + r1, :]
@@ -96,12 +97,12 @@ class _Chunk:
             K, V = torch.cat([self.code_k, K], dim=-2), torch.cat([self.code_v, V], dim=-2)
         q = _rows(self.q, G, r0, r1).flatten(3, 4).to(K.dtype)
         s = q @ K.transpose(-1, -2)
-        idx, hidden = _local_layout(L, r0, r1, G, self.agg, q.device)
+        idx, hidden, h0 = layout
         loc = s[..., S_cols:]
         if self.bias is not None:
             b = _rows(self.bias, G, r0, r1).flatten(3, 4).to(s.dtype)
             loc += torch.gather(F.pad(b, (0, 1)), -1, idx.expand(*b.shape[:-1], L + r1))
-        loc.masked_fill_(hidden, NEG_INF)
+        loc[..., h0:].masked_fill_(hidden, NEG_INF)
         if self.empty is not None:
             s[..., S_cols:S_cols + L].masked_fill_(self.empty[:, :, :, None, :], NEG_INF)
         if self.agg:
@@ -119,6 +120,7 @@ class _Chunked(torch.autograd.Function):
         C = max(1, min(R, chunk_bytes // max(per_block, 1)))
         tiles = _row_tiles(L, row_tiles)
         ctx.geometry = (L, S, C, tiles, agg_cache, grad_thru_cache)
+        layouts = {t: _local_layout(L, *t, M // L, agg_cache, q.device) for t in tiles}
 
         out = q.new_empty(B, H, R, M, v_ext.shape[-1], dtype=acc)
         lse = q.new_empty(B, H, R, M, 1, dtype=acc)
@@ -128,7 +130,7 @@ class _Chunked(torch.autograd.Function):
             snapshots.append(run)
             chunk = _Chunk(q, k_ext, v_ext, z_ext, bias, codebook, *run, n0, n1, L, agg_cache)
             for r0, r1 in tiles:
-                s, _, _, V = chunk.tile(r0, r1)
+                s, _, _, V = chunk.tile(r0, r1, layouts[r0, r1])
                 m = s.amax(dim=-1, keepdim=True)          # finite: a row always sees its own key
                 e = s.sub_(m).exp_()
                 l = e.sum(dim=-1, keepdim=True)
@@ -156,12 +158,13 @@ class _Chunked(torch.autograd.Function):
         dbias = None if bias is None else torch.zeros_like(bias, dtype=acc)
         dcode = torch.zeros_like(codebook, dtype=acc)
         carry = torch.zeros_like(ctx.snapshots[0][0])          # Σ dL/dU_n over the blocks after this chunk
+        layouts = {t: _local_layout(L, *t, G, agg_cache, q.device) for t in tiles}
         for c in reversed(range(len(ctx.snapshots))):
             n0, n1 = c * C, min(R, (c + 1) * C)
             chunk = _Chunk(q, k_ext, v_ext, z_ext, bias, codebook, *ctx.snapshots[c], n0, n1, L, agg_cache)
             d_mean = 0.0
             for r0, r1 in tiles:
-                s, qt, K, V = chunk.tile(r0, r1)
+                s, qt, K, V = chunk.tile(r0, r1, layouts[r0, r1])
                 rows = lambda x: _rows(x[:, :, n0:n1], G, r0, r1).flatten(3, 4)
                 p = s.sub_(rows(lse)).exp_()
                 do = rows(d_out)
@@ -175,7 +178,7 @@ class _Chunked(torch.autograd.Function):
                 dv[:, :, n0:n1] += dV[..., S_cols:S_cols + L, :]
                 dv[:, :, n0 + 1:n1 + 1, :r1] += dV[..., S_cols + L:, :]
                 if bias is not None:
-                    idx, _ = _local_layout(L, r0, r1, G, agg_cache, q.device)
+                    idx = layouts[r0, r1][0]
                     pad = ds.new_zeros(*ds.shape[:-1], L + 2)
                     pad.scatter_add_(-1, idx.expand(*ds.shape[:-1], L + r1), ds[..., S_cols:])
                     _rows(dbias[:, :, n0:n1], G, r0, r1)[:] = pad[..., :L + 1].unflatten(3, (G, -1))

@@ -31,24 +31,24 @@ MINI = dict(tags="mini", data="wiki_sample")
 SPECS = [
     TableSpec("mini_codebook", "Codebook size S (CPU mini, wiki_sample)", "n_code",
               dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64,
-              "paper §5.1.1 (unverified recall): enwik8 val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+              "§5.1.1 (unverified recall): enwik8 val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
     TableSpec("mini_cache", "Compressive cache (CPU mini, wiki_sample, S = 64)", "agg_cache",
               dict(MINI, attn_type="vq", n_code=64, block_len=64), True,
-              "paper §5.1.2: enwik8 val bpb 1.010 with the cache, 1.026 without (S = 256)"),
+              "§5.1.2: enwik8 val bpb 1.010 with the cache, 1.026 without (S = 256)"),
     TableSpec("mini_quadratic", "Transformer-VQ vs quadratic attention (CPU mini, wiki_sample)", "attn_type",
               dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq",
-              "paper: no same-size quadratic row on enwik8 is known (transformer_vq.md §5.2)"),
+              "no same-size quadratic row on enwik8 is known (transformer_vq.md §5.2)"),
     TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
               dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, "not a paper table"),
     TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",
               dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq",
-              "paper: Transformer-VQ 0.99 test bpb (abstract)"),
+              "Transformer-VQ 0.99 test bpb (abstract)"),
     TableSpec("ablation_codebook", "enwik8 codebook-size ablation", "n_code",
               dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512,
-              "paper §5.1.1 (unverified recall): val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+              "§5.1.1 (unverified recall): val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
     TableSpec("ablation_cache", "enwik8 compressive-cache ablation (S = 256)", "agg_cache",
               dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True,
-              "paper §5.1.2: val bpb 1.010 with, 1.026 without"),
+              "§5.1.2: val bpb 1.010 with, 1.026 without"),
 ]
 
 
@@ -61,41 +61,56 @@ def arms(spec: TableSpec, records: list[dict]) -> dict:
             old = seeds.get(rec["seed"])
             if old is None or (rec["step"] or 0) > (old["step"] or 0):
                 seeds[rec["seed"]] = rec
-    return {arm: list(seeds.values()) for arm, seeds in sorted(out.items(), key=lambda kv: str(kv[0]))}
+    def order(kv):   # numbers in numeric order (S, L), everything else by name
+        return (0, kv[0], "") if isinstance(kv[0], (int, float)) else (1, 0, str(kv[0]))
+    return {arm: list(seeds.values()) for arm, seeds in sorted(out.items(), key=order)}
 
 
 def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
-    """One row per arm: mean, spread over seeds, and whether the difference to the reference arm is
-    larger than the seed-to-seed spread of either arm (with few seeds, the honest test available)."""
+    """One row per arm: mean and spread over seeds, the difference to the reference arm, and a verdict.
+
+    A difference larger than the seed-to-seed spread of either arm is called worse / better. Otherwise,
+    the runs of one seed share data order and initialisation across arms, so the per-seed (paired)
+    differences are also shown: the same sign in every seed is reported as such, which with two seeds is
+    a hint, not evidence (it happens half the time by chance)."""
     groups = arms(spec, records)
     rows = []
     for arm, recs in groups.items():
         vals = [r["val_bpb"] for r in recs]
         rows.append({"arm": arm, "seeds": len(vals), "steps": min(r["step"] or 0 for r in recs),
                      "mean": statistics.fmean(vals), "min": min(vals), "max": max(vals),
-                     "std": statistics.stdev(vals) if len(vals) > 1 else float("nan")})
+                     "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
+                     "_by_seed": {r["seed"]: r["val_bpb"] for r in recs}})
     ref = next((r for r in rows if r["arm"] == spec.reference), None)
+    by_seed = {r["arm"]: r.pop("_by_seed") for r in rows}
     for r in rows:
         if ref is None or r is ref:
-            r["delta"], r["verdict"] = float("nan"), "reference" if r is ref else ""
+            r["delta"], r["paired"], r["verdict"] = float("nan"), "", "reference" if r is ref else ""
             continue
         r["delta"] = r["mean"] - ref["mean"]
+        mine, base = by_seed[r["arm"]], by_seed[ref["arm"]]
+        paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
+        r["paired"] = " ".join(f"{d:+.4f}" for d in paired)
         noise = max(r["max"] - r["min"], ref["max"] - ref["min"])
+        word = "worse" if r["delta"] > 0 else "better"
         if min(r["seeds"], ref["seeds"]) < 2:
             r["verdict"] = "one seed: no noise estimate"
-        elif abs(r["delta"]) <= noise:
-            r["verdict"] = "within seed spread"
+        elif abs(r["delta"]) > noise:
+            r["verdict"] = word
+        elif len(paired) >= 2 and (all(d > 0 for d in paired) or all(d < 0 for d in paired)):
+            r["verdict"] = f"within seed spread; {word} in each seed (paired)"
         else:
-            r["verdict"] = "worse" if r["delta"] > 0 else "better"
+            r["verdict"] = "within seed spread"
     return rows
 
 
-COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "verdict"]
+COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "paired", "verdict"]
 
 
 def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
     head = (f"### {spec.title}\n\nvalidation bits per byte (lower is better), mean over seeds; "
-            f"Δ against {spec.vary} = {spec.reference}. Paper: {spec.paper}.\n\n")
+            f"delta against {spec.vary} = {spec.reference}; paired = the same difference seed by seed. "
+            f"Paper: {spec.paper}.\n\n")
     if not rows:
         return head + "_no finished runs found_\n"
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) and v == v else ("–" if isinstance(v, float) else str(v))
