@@ -31,6 +31,7 @@ from .files import (
     DataUnavailableError,
     atomic_write_bytes,
     download,
+    load_meta,
     sha256_file,
 )
 
@@ -79,11 +80,8 @@ def _split_paths(out_dir: Path) -> dict[str, Path]:
 
 def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
     """True if the split files match meta.json (sizes always, sha256 only if `verify`)."""
-    try:
-        meta = json.loads((out_dir / META_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("version") != META_VERSION or meta.get("source") != source:
+    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
+    if meta is None:
         return False
     for split, path in _split_paths(out_dir).items():
         info = meta.get("splits", {}).get(split)

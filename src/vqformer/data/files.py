@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import http.client
 import os
 import urllib.error
@@ -97,6 +98,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
         with open(tmp, "wb") as f:
             f.write(data)
     return Path(path)
+
+
+def load_meta(path: str | os.PathLike, version: int, source: dict) -> dict | None:
+    """A prepared dataset's manifest, or None when it is missing, unreadable, or was written by another
+    preparation version or from another source (then the data is prepared again)."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != version or meta.get("source") != source:
+        return None
+    return meta
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

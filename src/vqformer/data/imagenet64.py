@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, sha256_file
+from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, load_meta,
+                    sha256_file)
 from .lm_datamodule import ByteLMDataModule, _positive_int
 
 __all__ = ["IMAGE_CORPORA", "ImageLMDataModule", "chw_to_hwc", "generate_images", "image_dir", "image_tokens",
@@ -66,11 +67,8 @@ def _paths(out_dir: Path) -> dict[str, Path]:
 
 
 def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
-    try:
-        meta = json.loads((out_dir / META_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("version") != META_VERSION or meta.get("source") != source:
+    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
+    if meta is None:
         return False
     for split, path in _paths(out_dir).items():
         info = meta["splits"][split]

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, download, sha256_file
+from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, download, load_meta,
+                    sha256_file)
 from .tokenizer import (DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer,
                         train_tokenizer)
 
@@ -168,11 +169,8 @@ def _split_files(out_dir: Path, split: str) -> tuple[Path, Path]:
 
 
 def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
-    try:
-        meta = json.loads((out_dir / META_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("version") != META_VERSION or meta.get("source") != source:
+    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
+    if meta is None:
         return False
     try:
         files = [(out_dir / TOKENIZER_FILE, meta["tokenizer_sha256"])]
