@@ -32,7 +32,7 @@ from .files import (
     atomic_write_bytes,
     download,
     load_meta,
-    sha256_file,
+    split_files_match,
 )
 
 __all__ = [
@@ -81,15 +81,7 @@ def _split_paths(out_dir: Path) -> dict[str, Path]:
 def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
     """True if the split files match meta.json (sizes always, sha256 only if `verify`)."""
     meta = load_meta(out_dir / META_NAME, META_VERSION, source)
-    if meta is None:
-        return False
-    for split, path in _split_paths(out_dir).items():
-        info = meta.get("splits", {}).get(split)
-        if info is None or not path.is_file() or path.stat().st_size != info["n_bytes"]:
-            return False
-        if verify and sha256_file(path) != info["sha256"]:
-            return False
-    return True
+    return meta is not None and split_files_match(meta, _split_paths(out_dir), verify)
 
 
 def _write_splits(out_dir: Path, data: bytes, source: dict) -> dict[str, Path]:

@@ -112,6 +112,17 @@ def load_meta(path: str | os.PathLike, version: int, source: dict) -> dict | Non
     return meta
 
 
+def split_files_match(meta: dict, paths: dict[str, Path], verify: bool) -> bool:
+    """Every split file exists with the size the manifest records (and its sha256 when ``verify``)."""
+    for split, path in paths.items():
+        info = meta.get("splits", {}).get(split)
+        if info is None or not path.is_file() or path.stat().st_size != info["n_bytes"]:
+            return False
+        if verify and sha256_file(path) != info["sha256"]:
+            return False
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, load_meta,
-                    sha256_file)
+                    split_files_match)
 from .lm_datamodule import ByteLMDataModule, _positive_int
 
 __all__ = ["IMAGE_CORPORA", "ImageLMDataModule", "chw_to_hwc", "generate_images", "image_dir", "image_tokens",
@@ -67,16 +67,9 @@ def _paths(out_dir: Path) -> dict[str, Path]:
 
 
 def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
+    """True if the split files match meta.json (sizes always, sha256 only if `verify`)."""
     meta = load_meta(out_dir / META_NAME, META_VERSION, source)
-    if meta is None:
-        return False
-    for split, path in _paths(out_dir).items():
-        info = meta["splits"][split]
-        if not path.is_file() or path.stat().st_size != info["n_bytes"]:
-            return False
-        if verify and sha256_file(path) != info["sha256"]:
-            return False
-    return True
+    return meta is not None and split_files_match(meta, _paths(out_dir), verify)
 
 
 def _write_splits(out_dir: Path, splits: dict[str, Iterable[np.ndarray]], source: dict, resolution: int):

@@ -75,7 +75,8 @@ class _Chunk:
         win = lambda x: x[:, :, n0:n1 + 1].flatten(2, 3).unfold(2, 2 * L, L).movedim(-1, -2)   # [B,H,c,2L,D]
         self.k_loc, self.v_loc = win(k_ext).to(acc), win(v_ext).to(acc)
         z_prev = z_ext[:, :, n0:n1]
-        self.empty = z_prev == self.S if bool((z_prev == self.S).any()) else None   # slots before the start
+        empty = z_prev == self.S                                             # slots before the start
+        self.empty = empty if bool(empty.any()) else None
         if agg_cache:
             sums = _block_sums(z_prev, v_ext[:, :, n0:n1].to(acc), self.S)   # ext block m feeds blocks > m
             cnts = _block_counts(z_prev, self.S, acc)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import atomic_path
-from ..lm_datamodule import ResumableDataLoader, WindowSampler
+from ..lm_datamodule import ResumableDataLoader, WindowSampler, _positive_int
 from .tasks import SPLITS, TASKS, build_task
 
 __all__ = ["LRADataModule", "ClassificationDataset"]
@@ -49,13 +48,6 @@ class ClassificationDataset(Dataset):
         return {"inputs": xt, "mask": mask, "label": torch.tensor(int(self.labels[i]))}
 
 
-def _check_int(key: str, value, minimum: int = 1, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"data.{key} must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}")
-
-
 class LRADataModule(L.LightningDataModule):
     def __init__(self, task: str, root: str, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, seed: int = 0, source: str = "generated", max_len: int | None = None,
@@ -69,13 +61,13 @@ class LRADataModule(L.LightningDataModule):
             raise ValueError(f"data.source={source!r} is invalid for data.task={task!r}: choose one of {list(spec.sources)}")
         if not isinstance(root, (str, Path)) or not str(root):
             raise ValueError(f"data.root must be a non-empty path, got {root!r}")
-        _check_int("batch_size", batch_size)
-        _check_int("eval_batch_size", eval_batch_size, allow_none=True)
-        _check_int("num_workers", num_workers, minimum=0)
-        _check_int("seed", seed, minimum=0)
-        _check_int("max_len", max_len, allow_none=True)
-        _check_int("limit_train_examples", limit_train_examples, allow_none=True)
-        _check_int("limit_eval_examples", limit_eval_examples, allow_none=True)
+        _positive_int("batch_size", batch_size)
+        _positive_int("eval_batch_size", eval_batch_size, allow_none=True)
+        _positive_int("num_workers", num_workers, minimum=0)
+        _positive_int("seed", seed, minimum=0)
+        _positive_int("max_len", max_len, allow_none=True)
+        _positive_int("limit_train_examples", limit_train_examples, allow_none=True)
+        _positive_int("limit_eval_examples", limit_eval_examples, allow_none=True)
         self.task, self.spec, self.root, self.source = task, spec, str(root), source
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size or batch_size)
         self.num_workers, self.seed = int(num_workers), int(seed)
