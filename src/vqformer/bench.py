@@ -12,8 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from . import CONF_DIR
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
     from .benchmark import run
     command = " ".join(["python -m vqformer.bench", *sys.argv[1:]])

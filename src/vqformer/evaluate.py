@@ -5,8 +5,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from . import CONF_DIR
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> dict:
     from .lit.runner import evaluate
     metrics = evaluate(cfg.run_dir, cfg.split, cfg.ckpt, cfg.eval_sequence_len, cfg.eval_window,

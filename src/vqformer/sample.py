@@ -7,6 +7,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from . import CONF_DIR
 from .data.lm_datamodule import BYTE_OFFSET, EOS
 
 
@@ -33,7 +34,7 @@ def generate(model, prompt: torch.Tensor, n_tokens: int, p: float, temperature: 
     return torch.cat(out, dim=1)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
     from .lit.checkpoint import load_module
     model = load_module(cfg.run_dir, cfg.ckpt).model

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from . import CONF_DIR
 from .data.files import atomic_path
 from .data.lm_datamodule import BYTE_OFFSET, EOS
 from .sample import nucleus
@@ -63,7 +64,7 @@ def write_png(grid: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
     from .lit.checkpoint import load_module, run_config
     run = run_config(cfg.run_dir)
