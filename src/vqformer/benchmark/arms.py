@@ -127,7 +127,7 @@ def _layer(spec: dict, device, dtype, gen) -> Built:
 
 
 def _model(spec: dict, device, dtype, gen) -> Built:
-    from ..lit.optim import build_optimizer
+    from ..optim import build_optimizer
 
     T, B, cfg = spec["T"], spec["batch"], model_config(spec)
     cfg.check_sequence_len("T", T)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..nn.longvq_model import LongVQClassifier, LongVQConfig
-from .optim import param_groups, warmup_cosine
+from ..optim import param_groups, warmup_cosine
 
 SCHEDULES = ("linear", "cosine")
 
@@ -94,7 +94,7 @@ class ClassifyModule(L.LightningModule):
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.get("eps", 1e-8))
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else o.warmup_steps
         fn = (warmup_linear(o.warmup_steps, total) if o.get("schedule", "linear") == "linear"
-              else warmup_cosine(o.warmup_steps, total, o.get("min_lr_ratio", 0.0)))
+              else warmup_cosine(o.warmup_steps, total, o.get("min_lr_ratio", 0.0), from_zero=False))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..nn import TransformerVQ, TransformerVQConfig
+from ..optim import build_optimizer, schedule_end, warmup_cosine
 from .metrics import TokenNLL, derived, text_metrics
-from .optim import build_optimizer, warmup_cosine
 
 
 class LMModule(L.LightningModule):
@@ -59,8 +59,9 @@ class LMModule(L.LightningModule):
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.optim_cfg)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else self.optim_cfg.warmup_steps
+        o = self.optim_cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, warmup_cosine(self.optim_cfg.warmup_steps, total, self.optim_cfg.min_lr_ratio))
+            opt, warmup_cosine(o.warmup_steps, schedule_end(o, total), o.min_lr_ratio, o.get("warmup_from_zero", True)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
