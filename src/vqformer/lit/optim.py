@@ -1,6 +1,6 @@
 """Optimizers and the learning-rate schedule with the official semantics.
 
-Spec: ``shared/research/transformer_vq.md`` §4.2: AdamW (β 0.9/0.98, ε 1e-9) whose decoupled weight decay
+Spec: ``docs/transformer_vq.md`` §4.2: AdamW (β 0.9/0.98, ε 1e-9) whose decoupled weight decay
 is a fixed fraction per update (``p ← p − lr_t·dir − wd·p``: not multiplied by the learning rate or the
 schedule) on parameters with ``ndim != 1`` only; Adafactor as the alternative; the codebook is no
 optimizer parameter (it is a buffer); linear warmup then cosine from 1 to ``min_lr_ratio``.
