@@ -105,7 +105,8 @@ def test_no_file_cites_a_path_outside_the_repository():
 def code_citations():
     for path in tracked_files():
         rel = path.relative_to(ROOT)
-        if rel.parts[0] in ("src", "tests") and path.suffix in (".py", ".yaml", ".md"):
+        # this file's own examples cite made-up pages
+        if rel.parts[0] in ("src", "tests") and path.suffix in (".py", ".yaml", ".md") and path != Path(__file__).resolve():
             text = read_text(path)
             if text is not None:
                 for page, number, item, line in citations(text):
