@@ -1,4 +1,4 @@
-"""Tests of the data layer (transformer_vq.md §4.3): corpora, atomic files, the byte LM data module."""
+"""Tests of the data layer (docs/transformer_vq.md §4.3): corpora, atomic files, the byte LM data module."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ImageNet64 pipeline (transformer_vq.md §4.3–4.4): npz batches -> pixel sequences, stand-ins, image data module,
+"""ImageNet64 pipeline (docs/transformer_vq.md §4.3–4.4): npz batches -> pixel sequences, stand-ins, image data module,
 `experiment=tvq/imagenet64` on generated images, and the PNG sampler."""
 from __future__ import annotations
 

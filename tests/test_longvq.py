@@ -1,4 +1,4 @@
-"""LongVQ layers (longvq_mega_lra.md §1.2, §1.4) against plain references, in float64.
+"""LongVQ layers (docs/longvq.md §1.2, §1.4) against plain references, in float64.
 
 * The damped EMA and S4D convolutions equal their recurrences (uni- and bidirectional, pads zeroed).
 * Linear-time bidirectional VQ attention equals its O(T²) quantized-key reference for every block length

@@ -1,4 +1,4 @@
-"""LRA data (longvq_mega_lra.md §4): the ListOps generator and evaluator, the classification data module
+"""LRA data (docs/longvq.md §4): the ListOps generator and evaluator, the classification data module
 (exact resume), and ``task=classify`` end to end through ``vqformer.train``'s runner."""
 from __future__ import annotations
 

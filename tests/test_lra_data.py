@@ -1,4 +1,4 @@
-"""Pathfinder generator and the real LRA loaders on tiny local fixtures (longvq_mega_lra.md §4)."""
+"""Pathfinder generator and the real LRA loaders on tiny local fixtures (docs/longvq.md §4)."""
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,4 @@
-"""The decoder LM (transformer_vq.md §1, §3.5, §3.7): causality for every head and attention type, carried
+"""The decoder LM (docs/transformer_vq.md §1, §3.5, §3.7): causality for every head and attention type, carried
 state (token by token, halves, ragged pieces) equals one call, the typed config rejects invalid values
 naming the field."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MQAR generator (ovq_recall.md §2.1): key/value halves, D pairs, query placement by the power law, only
+"""MQAR generator (docs/ovq.md §2.1): key/value halves, D pairs, query placement by the power law, only
 queries scored, determinism by seed, disjoint train/test seeds, atomic cache; the recall data module."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OVQ attention (ovq_recall.md §1.3): the chunked form equals the token-by-token reference in float64 for
+"""OVQ attention (docs/ovq.md §1.3): the chunked form equals the token-by-token reference in float64 for
 several chunk sizes and every switch, carried state equals one call, gradients follow §1.3 item 6."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The decoder with OVQ and sliding-window units and SWA hybrids (ovq_recall.md §1.2–1.3): causality, carried
+"""The decoder with OVQ and sliding-window units and SWA hybrids (docs/ovq.md §1.2–1.3): causality, carried
 state across windows equals one pass, layer patterns, config validation naming ``model.<field>``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PG-19 pipeline (transformer_vq.md §4.3–4.4): official-release fetch, Shakespeare stand-in, book data module,
+"""PG-19 pipeline (docs/transformer_vq.md §4.3–4.4): official-release fetch, Shakespeare stand-in, book data module,
 long-context evaluation, and `experiment=tvq/pg19` on the stand-in."""
 from __future__ import annotations
 

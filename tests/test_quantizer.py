@@ -1,4 +1,4 @@
-"""Vector quantizer (transformer_vq.md §2): nearest-code assignment, straight-through estimator, commit
+"""Vector quantizer (docs/transformer_vq.md §2): nearest-code assignment, straight-through estimator, commit
 loss, EMA k-means update over everything one optimizer step saw, codebook statistics."""
 from __future__ import annotations
 

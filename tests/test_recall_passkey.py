@@ -1,4 +1,4 @@
-"""Passkey / needle generator (ovq_recall.md §2.3): one needle, one scored position, depth control, lengths to
+"""Passkey / needle generator (docs/ovq.md §2.3): one needle, one scored position, depth control, lengths to
 64k, seeded."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The PG-19 BPE tokenizer (transformer_vq.md §4.3): ids, training prefix, round trip, save/load."""
+"""The PG-19 BPE tokenizer (docs/transformer_vq.md §4.3): ids, training prefix, round trip, save/load."""
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,4 @@
-"""VQ attention kernels (transformer_vq.md §3.1–3.2, §3.6–3.7).
+"""VQ attention kernels (docs/transformer_vq.md §3.1–3.2, §3.6–3.7).
 
 * ``vq_attention`` (blockwise, linear time) equals the quadratic definition ``vq_attention_reference`` in
   float64 for every block length dividing T = 12 and 24, with and without the band bias and the

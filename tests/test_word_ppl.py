@@ -1,4 +1,4 @@
-"""Word-level perplexity, token loss and bits per byte of PG-19 (transformer_vq.md §4.4) on hand-made examples."""
+"""Word-level perplexity, token loss and bits per byte of PG-19 (docs/transformer_vq.md §4.4) on hand-made examples."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """Throughput benchmark: ``python -m vqformer.bench [bench=cpu_quick|cpu|gpu] [key=value ...]``.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (throughput protocol) and §3.2 (the linear-time VQ
+Spec: ``docs/transformer_vq.md`` §5.4 (throughput protocol) and §3.2 (the linear-time VQ
 attention). Levels kernel / layer / model, VQ against the quadratic baseline, sequence lengths 1024·2^i;
 results (CSV, JSON, PNG, markdown table) go to ``bench.out_dir`` (default
 ``experiments/throughput/<device_tag>/``). The work is in ``vqformer.benchmark``; see

@@ -1,5 +1,5 @@
 """Recall results: collect finished recall runs, evaluate them at longer lengths, write the table and the
-recall–memory plot (ovq_recall.md §2.1–2.2: accuracy against the bytes of state a layer keeps per sequence).
+recall–memory plot (docs/ovq.md §2.1–2.2: accuracy against the bytes of state a layer keeps per sequence).
 
     python -m vqformer.recall_table --runs logs/multiruns/recall --out experiments/recall \
         [--lengths 1024:16,4096:16 --passkey 1024,65536 --ovq-n-max 16,256 --n-examples 64]

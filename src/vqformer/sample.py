@@ -1,6 +1,6 @@
 """Sample from a run's checkpoint token by token with the carried state: ``python -m vqformer.sample run_dir=...``.
 
-Spec: ``shared/research/transformer_vq.md`` §3.5 (sampling = the same state machine one token at a time,
+Spec: ``docs/transformer_vq.md`` §3.5 (sampling = the same state machine one token at a time,
 nucleus sampling with ``p_nucleus``).
 """
 import hydra

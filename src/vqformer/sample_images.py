@@ -1,7 +1,7 @@
 """Sample images from an image run and write them as a PNG grid:
 ``python -m vqformer.sample_images run_dir=... n_samples=16 p_nucleus=0.999``.
 
-Spec: ``shared/research/transformer_vq.md`` §3.5 (sampling = the state machine one token at a time, nucleus
+Spec: ``docs/transformer_vq.md`` §3.5 (sampling = the state machine one token at a time, nucleus
 sampling; p = 0.999 for ImageNet64 in §4.1) and §4.3 (an image is H·W·3 byte tokens, row-major, +3 offset,
 after an EOS). The three special ids are never sampled inside an image.
 """

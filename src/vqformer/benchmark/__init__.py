@@ -1,6 +1,6 @@
 """Throughput benchmark of VQ attention against the quadratic baseline (``python -m vqformer.bench``).
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (the paper's throughput protocol) and §3.2 (the
+Spec: ``docs/transformer_vq.md`` §5.4 (the paper's throughput protocol) and §3.2 (the
 linear-time blockwise algorithm). One concept per module:
 
 * ``grid``     length grid, analytic FLOP counts / FLOP ratio, the skip rule,

@@ -1,6 +1,6 @@
 """The benchmarked arms: one training-style step (forward + backward) per level, built from a plain spec.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §3.2  the linear-time VQ attention (``vq_attention``) against the quadratic baseline,
   §1.2–1.3  the attention unit (GAU / MQA / MHA) with VQ or full attention,
   §5.4  the paper's timed quantity: a whole training step (forward, backward, optimizer update) of

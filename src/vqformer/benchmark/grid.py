@@ -1,6 +1,6 @@
 """The length grid, the analytic FLOP counts and the skip rule of the throughput benchmark.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §3.2  VQ attention costs O(L·(S + 2L)·(D_k + D_v)) per block, i.e. linear in T,
   §5.4  the paper varies the sequence length (8k, 32k, 131k) and compares training throughput with the
         quadratic baseline.

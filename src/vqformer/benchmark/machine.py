@@ -1,6 +1,6 @@
 """What the numbers were measured on: machine, CPU/GPU model, software versions, git commit, command.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (the paper's throughput numbers are tied to TPU v3-8;
+Spec: ``docs/transformer_vq.md`` §5.4 (the paper's throughput numbers are tied to TPU v3-8;
 ours must name their hardware to be comparable at all).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Peak memory of one benchmark step, reported as the increase over the memory held before the step.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (the throughput study; the paper reports speed only, the
+Spec: ``docs/transformer_vq.md`` §5.4 (the throughput study; the paper reports speed only, the
 issue asks for peak memory per point as well).
 
 What ``mem_delta_mb`` means — the step's transient working set (activations, gradients, temporaries)

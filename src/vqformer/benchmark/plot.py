@@ -1,6 +1,6 @@
 """``throughput.png``: tokens/s and peak memory against sequence length, one line per arm, per level.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (throughput against sequence length, VQ against the
+Spec: ``docs/transformer_vq.md`` §5.4 (throughput against sequence length, VQ against the
 quadratic baseline). Both axes are logarithmic (base 2 for length): a linear-time arm is a flat
 tokens/s line and a memory line of slope 1; a quadratic arm falls with slope −1 and rises with slope 2.
 Skipped points are left out (their reasons are in ``table.md``).

@@ -1,6 +1,6 @@
 """Where the VQ kernel's time goes: one ``torch.profiler`` run of ``vq_attention`` forward + backward.
 
-Spec: ``shared/research/transformer_vq.md`` §3.2 (the blockwise computation: three score blocks per query
+Spec: ``docs/transformer_vq.md`` §3.2 (the blockwise computation: three score blocks per query
 block — compressive cache [L,S], previous block [L,L], current block [L,L] — one joint softmax, three
 value products) and §3.8 (the PyTorch layout). The table is sorted by self time (CPU, or CUDA on a GPU),
 so the ops that are themselves slow come first, not their callers.

@@ -1,6 +1,6 @@
 """Results on disk: ``points.csv``, ``results.json`` and ``table.md`` (VQ / quadratic ratios and targets).
 
-Spec: ``shared/research/transformer_vq.md`` §5.1 (the paper's throughput claims: > 3× at 8k and > 12× at
+Spec: ``docs/transformer_vq.md`` §5.1 (the paper's throughput claims: > 3× at 8k and > 12× at
 32k for SHGA, > 6× at 8k for MQA / MHA, similar throughput up to 131k) and §5.4 (protocol), §3.2 (the
 per-block cost behind the FLOP ratio ``(T/2)/(S + 2L)``, see ``grid.py``).
 

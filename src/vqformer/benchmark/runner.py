@@ -1,6 +1,6 @@
 """Drive the benchmark: every level × arm × length point, with the skip rule, memory probe and timing.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (six arms {VQ, full} × {SHGA, MQA, MHA}, sequence length
+Spec: ``docs/transformer_vq.md`` §5.4 (six arms {VQ, full} × {SHGA, MQA, MHA}, sequence length
 varied; seconds per training step after warm-up) and §3.2 (the linear-time algorithm being timed).
 
 Per point, in order: (1) skip if the arm was already skipped at a shorter length, or if the arm's earlier

@@ -1,6 +1,6 @@
 """Wall-clock timing of one benchmark step: warm-up runs, then the median of timed repeats.
 
-Spec: ``shared/research/transformer_vq.md`` §5.4 (the paper times training steps after compilation and
+Spec: ``docs/transformer_vq.md`` §5.4 (the paper times training steps after compilation and
 averages over steps). Here every repeat is timed on its own with ``time.perf_counter``; on CUDA the device
 is synchronised before the clock starts and before it stops, so queued kernels are counted in the step
 that launched them. The median is reported because the CPU machines are shared (other jobs add noise

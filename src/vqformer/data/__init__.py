@@ -1,4 +1,4 @@
-"""Data layer of vqformer: byte corpora and the LM data module (transformer_vq.md §4.3)."""
+"""Data layer of vqformer: byte corpora and the LM data module (docs/transformer_vq.md §4.3)."""
 
 from .bytes_corpus import (
     CORPORA,

@@ -1,4 +1,4 @@
-"""Token-level LM data over books (PG-19 and its Shakespeare stand-in; transformer_vq.md §4.3–4.4).
+"""Token-level LM data over books (PG-19 and its Shakespeare stand-in; docs/transformer_vq.md §4.3–4.4).
 
 Training is the byte module's scheme on token ids: the books of the train split, each followed by EOS,
 are one stream cut into random windows of T tokens with EOS as the first input of every window; exact

@@ -1,10 +1,10 @@
-"""Byte corpora prepared into raw uint8 split files (transformer_vq.md §4.3, Enwik8).
+"""Byte corpora prepared into raw uint8 split files (docs/transformer_vq.md §4.3, Enwik8).
 
 Each corpus becomes `<root>/<dir>/{train,validation,test}.bin` holding the raw
 bytes (the +3 vocabulary offset is applied at load time) plus `meta.json` with
 each split's size and sha256. Splits are cut by index at 90% / 95% of the
 corpus, which for enwik8 is exactly [0, 90M) / [90M, 95M) / [95M, 100M).
-Sources (research/data_sources.md, "Byte-level text"):
+Sources (docs/data.md §1):
 
 * `enwik8`: the official zip from mattmahoney.net, member md5-verified.
 * `wiki_sample`: the offline stand-in, a Wikipedia XML dump shipped in gensim's wheel.

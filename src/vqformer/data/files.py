@@ -1,8 +1,8 @@
 """File helpers for the data layer: hashing, atomic writes, resumable downloads.
 
 Implements the "written atomically, verified by hash" rule of
-research/data_sources.md (Rules of thumb) used by every preparer of
-transformer_vq.md §4.3. No network access is assumed: a failed download turns
+docs/data.md §6 used by every preparer of
+docs/transformer_vq.md §4.3. No network access is assumed: a failed download turns
 into a `DataUnavailableError` that tells the user how to fetch the file by hand.
 """
 

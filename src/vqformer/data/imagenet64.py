@@ -1,11 +1,11 @@
-"""ImageNet64 as pixel sequences, and its offline stand-ins (transformer_vq.md §4.3 ImageNet64, §4.4).
+"""ImageNet64 as pixel sequences, and its offline stand-ins (docs/transformer_vq.md §4.3 ImageNet64, §4.4).
 
 An image is one sequence: its pixels flattened row-major H×W×C (R, G, B interleaved per pixel) =
 12,288 bytes at 64×64, each byte b the token b + 3, EOS as the first input. Splits (the paper's protocol):
 train = the first 1,200,000 images of the official train set, validation = the rest of it, test = the
 official validation set (50,000). Metric: bits per byte (bits/dim) over every subpixel of every image.
 
-Sources (research/data_sources.md, "Images"):
+Sources (docs/data.md §3):
 
 * `imagenet64`: downsampled ImageNet (Chrabaszcz et al., box-resized), a manual download after registration
   at image-net.org: `Imagenet64_train_part1_npz.zip`, `Imagenet64_train_part2_npz.zip`,

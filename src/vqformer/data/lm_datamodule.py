@@ -1,4 +1,4 @@
-"""Byte-level language-modelling data module (transformer_vq.md §4.3).
+"""Byte-level language-modelling data module (docs/transformer_vq.md §4.3).
 
 Vocabulary: 0 = pad, 1 = EOS, 2 = unk, byte b -> token b + 3 (259 ids).
 Every sequence, training or eval, starts with an EOS input and its targets are

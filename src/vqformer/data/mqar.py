@@ -1,6 +1,6 @@
 """Multi-query associative recall (MQAR), the Zoology generator, seeded and cached on disk.
 
-Spec: ``shared/research/ovq_recall.md`` §2.1. Per example: D distinct keys from ids [1, V/2) and D distinct
+Spec: ``docs/ovq.md`` §2.1. Per example: D distinct keys from ids [1, V/2) and D distinct
 values from [V/2, V); the context block ``k1 v1 … kD vD`` (repeated ``num_passes`` times); then a query block
 in which each key appears exactly once, at slot g (two positions per slot) drawn without replacement from
 p(g) ∝ g^(a−1), g = 1…(L − context)/2. Inputs and labels are the (L+1)-sequence shifted by one: the label

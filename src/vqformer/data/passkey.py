@@ -1,6 +1,6 @@
 """Passkey / needle retrieval at long lengths (up to 64k), generated offline in the MQAR vocabulary.
 
-Spec: ``shared/research/ovq_recall.md`` §2.3 (passkey retrieval of Mohtashami & Jaggi; RULER's needle with a
+Spec: ``docs/ovq.md`` §2.3 (passkey retrieval of Mohtashami & Jaggi; RULER's needle with a
 random-token haystack) and §1.5 (OVQ's recall up to 64k). Token-level form, so that MQAR-trained models can be
 evaluated without a tokenizer: a needle ``k v`` (key id from [1, V/2), value id from [V/2, V)) sits at a
 depth drawn uniformly in [0, 1) (or fixed) of a haystack, and the last input is the key again; the only

@@ -1,6 +1,6 @@
-"""PG-19 books tokenized with BPE, and the Shakespeare stand-in (transformer_vq.md §4.3–4.4).
+"""PG-19 books tokenized with BPE, and the Shakespeare stand-in (docs/transformer_vq.md §4.3–4.4).
 
-Sources (research/data_sources.md, "Long documents"):
+Sources (docs/data.md §2):
 
 * `pg19`: the official release, the public `deepmind-gutenberg` bucket (`{train,validation,test}/<id>.txt`,
   28,602 / 50 / 100 books). Objects are listed with the storage JSON API, fetched with resume and checked

@@ -1,4 +1,4 @@
-"""Command line for preparing corpora (transformer_vq.md §4.3).
+"""Command line for preparing corpora (docs/transformer_vq.md §4.3).
 
     python -m vqformer.data.prepare enwik8 --root data
     python -m vqformer.data.prepare generated --root data --n-bytes 1000000 --seed 0

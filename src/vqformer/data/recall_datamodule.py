@@ -1,6 +1,6 @@
 """Recall data modules: batches ``{"inputs", "targets", "mask", "segment"}`` from synthetic segments.
 
-Spec: ``shared/research/ovq_recall.md`` §2.1–2.2. As in Zoology every batch comes from a single segment (one
+Spec: ``docs/ovq.md`` §2.1–2.2. As in Zoology every batch comes from a single segment (one
 sequence length and number of pairs), so segments of different lengths are never padded together.
 ``mask`` marks the scored (query) positions, so the LM loss machinery trains on them only; ``segment`` is
 the index of the batch's segment in ``segment_names`` (per-length evaluation). The training batches of all

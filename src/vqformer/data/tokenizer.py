@@ -1,4 +1,4 @@
-"""BPE tokenizer for PG-19 (transformer_vq.md §4.3, PG-19; research/data_sources.md "Long documents").
+"""BPE tokenizer for PG-19 (docs/transformer_vq.md §4.3, PG-19; docs/data.md §2).
 
 The official code trains a SentencePiece BPE model of 32,000 pieces on the first 10^9 characters of
 the training split, character coverage 1.0, ids pad 0 / eos 1 / unk 2, no BOS. Here the same model

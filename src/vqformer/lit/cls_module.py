@@ -1,6 +1,6 @@
 """Lightning wrapper of the LongVQ / MEGA encoder classifier for the LRA tasks.
 
-Spec: ``shared/research/longvq_mega_lra.md``
+Spec: ``docs/longvq.md``
   §1.2(g)  plain cross entropy averaged over examples, accuracy,
   §1.3     total loss ``CE + c_beta·L_commit``; the EMA codebook step runs once per optimizer step, after the
            backward passes of all accumulated micro-batches (``on_before_optimizer_step``),

@@ -1,6 +1,6 @@
 """Lightning wrapper of the decoder LM: truncated BPTT over update windows, EMA codebook, LM metrics.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §3.5  each sequence of ``sequence_len`` tokens is trained in windows of ``update_len`` tokens, each
         window one optimizer update, the attention state carried (detached) to the next window and reset
         per sequence; evaluation carries the state across the whole sequence,

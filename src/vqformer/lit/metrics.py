@@ -1,7 +1,7 @@
 """Token-weighted negative log-likelihood, from which loss, bits per byte and perplexity are derived.
 
-Spec: ``shared/research/transformer_vq.md`` §4.4 (mean NLL in nats over non-padding tokens; bpb = nats/ln 2
-for byte-level data; PG-19's word-level perplexity = exp(total NLL / number of words)) and ``repo_style_anchors.md`` §3 (float64 sums reduced by summation across ranks).
+Spec: ``docs/transformer_vq.md`` §4.4 (mean NLL in nats over non-padding tokens; bpb = nats/ln 2
+for byte-level data; PG-19's word-level perplexity = exp(total NLL / number of words)) and ``docs/conventions.md`` §4 (float64 sums reduced by summation across ranks).
 """
 from __future__ import annotations
 

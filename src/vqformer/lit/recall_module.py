@@ -1,6 +1,6 @@
 """Lightning module of the recall benchmarks: the LM loss on query positions, accuracy per test segment.
 
-Spec: ``shared/research/ovq_recall.md`` §2.1 (cross-entropy over the labelled query positions only; accuracy
+Spec: ``docs/ovq.md`` §2.1 (cross-entropy over the labelled query positions only; accuracy
 per example = fraction of correct argmax predictions, averaged over examples; reported per slice) and §2.2
 (state size per arm). Training is ``LMModule``'s (windows of ``update_len`` with the state carried; recall
 configs use one window per sequence). Evaluation carries the state over windows of ``eval_window`` tokens

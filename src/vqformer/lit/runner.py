@@ -1,6 +1,6 @@
 """Building and running a training job from a composed config: run directory, resume, loggers, markers.
 
-Conventions (``repo_style_anchors.md`` §2.2 pains 4–7, §5): the run directory is deterministic (Hydra's
+Conventions (``docs/conventions.md`` §3): the run directory is deterministic (Hydra's
 ``hydra.run.dir`` / ``hydra.sweep.subdir`` from the overrides), so the same command finds its
 ``last.ckpt`` and W&B run again; a ``DONE`` marker makes a finished job a no-op; each job ends its W&B
 run; the git revision and the composed config are stored beside the checkpoints.

@@ -1,12 +1,12 @@
 """The attention unit (GAU / MQA / MHA with VQ or full attention) and the squared-ReLU MLP.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §1.2  one GAU: pre-RMSNorm, q and k RMSNorm without gain scaled by D_k^-1/4, SiLU values and gate,
         quantized keys, attention, output projection, residual dropout,
   §1.3  head types shga / mqa / mha and the MLP that follows mqa and mha,
   §1.4  Transformer-XL relative bias ``(q + v')·r_d`` inside the band ``d <= L`` (all distances for full),
   §1.6  initialisation.
-``shared/research/ovq_recall.md``
+``docs/ovq.md``
   §1.3  ``attn_type: ovq``: L2-normalised q and k, per-sequence online dictionaries (``nn/ovq.py``), no
         positions (NoPE); β fixed or learned per head,
   §1.2  ``attn_type: swa``: exact sliding window with the relative bias inside the window
@@ -142,7 +142,7 @@ class AttentionUnit(nn.Module):
         return self._output(x, h, o), commit, stats, state
 
     def _ovq(self, x: Tensor, h: Tensor, state):
-        """OVQ unit: unit-norm q and k, online dictionaries, no positions (ovq_recall.md §1.2–1.3)."""
+        """OVQ unit: unit-norm q and k, online dictionaries, no positions (docs/ovq.md §1.2–1.3)."""
         q = F.normalize(self._heads(self.w_q(h), self.h_q), dim=-1)
         k = F.normalize(self._heads(self.w_k(h), self.h_kv), dim=-1)
         v = self._heads(self.w_v(h), self.h_kv)

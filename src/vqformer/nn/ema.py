@@ -1,6 +1,6 @@
 """The SSM sublayer of MEGA / LongVQ: multi-dimensional damped EMA (default) or S4D, as a long convolution.
 
-Spec: ``shared/research/longvq_mega_lra.md``
+Spec: ``docs/longvq.md``
   §1.2(a)  damped EMA: ``p = σ(δ_raw)``, ``a = σ(α_raw)``, ``q = 1 − p·a``, kernel
            ``K[j, ℓ] = Σ_k γ[j,k]·h^{-1/2}·p[j,k]·β[j,k]·q[j,k]^ℓ`` (Vandermonde in log space), convolution by
            FFT, the bidirectional form ``y_t = Σ_{s≤t} K1[t−s] x_s + Σ_{s≥t} K2[s−t] x_s`` (lag 0 counted by

@@ -1,6 +1,6 @@
 """Attention kernels: linear-time VQ attention, its quadratic reference, and full attention.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §3.1  the quadratic definition (``vq_attention_reference``),
   §3.2  the blockwise linear-time form (``vq_attention``): present block, previous block and a
         compressive cache of per-code value sums and counts shifted by two blocks, one joint softmax,

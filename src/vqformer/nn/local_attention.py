@@ -1,6 +1,6 @@
 """Exact causal sliding-window attention (the local layer of the OVQ hybrids) with a carried state.
 
-Spec: ``shared/research/ovq_recall.md`` §1.2 (layer-wise hybrid of SWA and OVQ; baselines ``sw-nope`` and
+Spec: ``docs/ovq.md`` §1.2 (layer-wise hybrid of SWA and OVQ; baselines ``sw-nope`` and
 ``sw-vq``) and §2.2 (Zoology's sliding window, state 2·d·W). Token t attends to keys j with
 ``0 <= t - j < window``; ``band_bias [B,Hq,T,window]`` is added by distance ``d = t - j`` (the module puts
 the Transformer-XL relative term there). Queries are processed in blocks of ``window``, so memory is

@@ -1,7 +1,7 @@
 """The LongVQ block: MEGA's gated single-head attention with quantized keys and a windowed bias, then the
 normalized FFN.
 
-Spec: ``shared/research/longvq_mega_lra.md``
+Spec: ``docs/longvq.md``
   §1.2(b)  gated attention: ``V = SiLU(X̃W_v)``, ``X' = SiLU(SSM(X̃) + ω⊙X̃)``, ``[U_φ, ZR, H_x] = X'W_mx``,
            ``φ = σ(U_φ)``, ``[Z, γ_r] = SiLU(ZR)``, ``Q = κ_q⊙Z + μ_q``, ``K = κ_k⊙Z + μ_k``,
            ``Ĥ = SiLU(H_x + (γ_r⊙O)W_h)``, ``Y = φ⊙Ĥ + (1 − φ)⊙X`` (post-norm: ``Norm(Y)``),

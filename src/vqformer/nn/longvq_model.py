@@ -1,6 +1,6 @@
 """LongVQ models: the bidirectional encoder classifier (LRA) and the causal decoder LM, with their config.
 
-Spec: ``shared/research/longvq_mega_lra.md``
+Spec: ``docs/longvq.md``
   §1.2(g)  token embedding N(0, d^{-1/2}) or the real-number embedding ``x·w + b`` (pixels); no absolute
            positions; mean pooling over real positions; head ``Linear → GELU → Linear(no bias)``; retrieval
            encodes both documents with the shared encoder and classifies ``[rep(doc1); rep(doc2)]``,

@@ -1,12 +1,12 @@
 """The Transformer-VQ decoder language model and its typed configuration.
 
-Spec: ``shared/research/transformer_vq.md``
+Spec: ``docs/transformer_vq.md``
   §1.1  stack: N(0,1) embedding, optional absolute sinusoid scaled by a scalar initialised to 0,
         ``n_layer`` layers (shga: two GAUs; mqa/mha: attention + MLP), optional final RMSNorm, tied or
         untied output with bias, logits × ``e_scale``,
   §1.5  dropouts, LayerDrop as a per-example mask on each residual branch rescaled by 1/(1-p),
   §2    commit loss summed over attention units; EMA codebook update via ``update_codebooks()``.
-``shared/research/ovq_recall.md`` §1.2–1.3: ``attn_type`` ovq | swa and ``layer_pattern`` (layer i uses
+``docs/ovq.md`` §1.2–1.3: ``attn_type`` ovq | swa and ``layer_pattern`` (layer i uses
 ``layer_pattern[i % len]``) for the SWA hybrids ``sw-ovq``, ``sw-vq`` and ``sw-nope`` (``global_nope``).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TransformerVQConfig:
     # Implementation knobs (same numbers, different speed / memory)
     kernel: str = "chunked"          # vq_attention over whole blocks: chunked (fast) | eager (the definition)
     remat: bool = False              # recompute each residual branch in backward (activation checkpointing)
-    # Hybrids and the OVQ / sliding-window layers (ovq_recall.md §1.3; [R] choices are switches)
+    # Hybrids and the OVQ / sliding-window layers (docs/ovq.md §1.3; reconstructed choices are switches)
     layer_pattern: list | None = None   # e.g. [swa, ovq]: layer i uses entry i % len; null: attn_type everywhere
     global_nope: bool = False        # full/vq units without the relative position bias (sw-nope)
     swa_window: int = 64             # W of the sliding window (keys at distances 0..W-1)

@@ -1,6 +1,6 @@
 """RMSNorm as in the official code: ``x · rsqrt(mean(x²) + eps)`` in fp32, no mean centring.
 
-Spec: ``shared/research/transformer_vq.md`` §1.2 (pre-norm with gain and bias in the legacy code; q and
+Spec: ``docs/transformer_vq.md`` §1.2 (pre-norm with gain and bias in the legacy code; q and
 k normalised per head without affine parameters).
 """
 from __future__ import annotations

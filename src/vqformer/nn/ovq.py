@@ -1,6 +1,6 @@
 """Online vector-quantized attention (OVQ): per-sequence key/value dictionaries grown during the forward pass.
 
-Spec: ``shared/research/ovq_recall.md`` §1.3 (a reconstruction, marked [R] there; every uncertain choice is a
+Spec: ``docs/ovq.md`` §1.3 (a reconstruction, marked so there; every uncertain choice is a
 switch in ``OVQOptions``):
   1. read-out: ``o_t = Σ_i softmax_i(β·score(q_t, D_k[i]) + log n_i) D_v[i]`` over the active rows
      (``read``: ``gmr`` keeps the −½‖μ‖² term of the Gaussian-mixture-regression view, ``cosine`` reads

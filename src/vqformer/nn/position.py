@@ -1,6 +1,6 @@
 """Sinusoidal tables and the Transformer-XL relative embeddings of the band bias.
 
-Spec: ``shared/research/transformer_vq.md`` §1.4: ``sin_emb(p) = [sin(p·ω), cos(p·ω)]`` (sin half then cos
+Spec: ``docs/transformer_vq.md`` §1.4: ``sin_emb(p) = [sin(p·ω), cos(p·ω)]`` (sin half then cos
 half), ``ω_i = λ^{-2i/D}``, λ = ``pe_lam`` = 1e5; ``r_d = D_k^{-1/4} · W_R^T Dropout_sin(sin_emb(d))``.
 """
 from __future__ import annotations

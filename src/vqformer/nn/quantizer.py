@@ -1,6 +1,6 @@
 """Vector quantizer with an EMA k-means codebook and a straight-through estimator.
 
-Spec: ``shared/research/transformer_vq.md`` §2 (codebook, assignment, STE, commit loss, EMA update,
+Spec: ``docs/transformer_vq.md`` §2 (codebook, assignment, STE, commit loss, EMA update,
 dead codes, statistics) and §1.6 (initialisation of ``c_sum`` and ``c_count``).
 """
 from __future__ import annotations

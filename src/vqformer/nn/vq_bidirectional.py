@@ -1,7 +1,7 @@
 """Bidirectional (encoder) attention over quantized keys in linear time, its O(n²) reference, and the
 chunked continuous-key attention of MEGA-chunk.
 
-Spec: ``shared/research/longvq_mega_lra.md`` §1.4 (linear-time evaluation, bidirectional encoder) and
+Spec: ``docs/longvq.md`` §1.4 (linear-time evaluation, bidirectional encoder) and
 §1.2(b)6 (attention functions). Every key is visible to every query; a learned scalar bias per signed offset
 ``b[j − i]`` is added only inside the query's window ``W(i)``:
 

@@ -1,6 +1,6 @@
 """The fast path of ``vq_attention`` over whole blocks (``kernel="chunked"``), with a flash-style backward.
 
-Spec: ``shared/research/transformer_vq.md`` §3.2. The eager form in ``functional.py`` stays the
+Spec: ``docs/transformer_vq.md`` §3.2. The eager form in ``functional.py`` stays the
 definition; this computes the same thing (tests compare both with ``vq_attention_reference`` in float64).
 
 Per block n, the keys and values it attends form one matrix each,

@@ -37,7 +37,7 @@ SPECS = [
               "§5.1.2: enwik8 val bpb 1.010 with the cache, 1.026 without (S = 256)"),
     TableSpec("mini_quadratic", "Transformer-VQ vs quadratic attention (CPU mini, wiki_sample)", "attn_type",
               dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq",
-              "no same-size quadratic row on enwik8 is known (transformer_vq.md §5.2)"),
+              "no same-size quadratic row on enwik8 is known (docs/transformer_vq.md §5.2)"),
     TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
               dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, "not a paper table"),
     TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",

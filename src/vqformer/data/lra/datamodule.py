@@ -1,6 +1,6 @@
 """Classification data module for the Long Range Arena tasks and their offline stand-ins.
 
-Spec: ``shared/research/longvq_mega_lra.md`` §4.2 (lengths, vocabularies, splits per task). Each task's
+Spec: ``docs/longvq.md`` §4.2 (lengths, vocabularies, splits per task). Each task's
 splits are built once into ``<root>/lra/cache/<task>-<source>-<hash>/{train,val,test}.npz`` (atomic writes;
 the hash covers the source parameters) holding ``inputs`` (tokens or pixels, right-padded), ``lengths`` and
 ``labels``. Batches are ``{"inputs": [B,T] | [B,T,C] | [B,2,T], "mask": bool like inputs without C, "label": [B]}``:

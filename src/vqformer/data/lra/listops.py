@@ -1,7 +1,7 @@
 """ListOps: the LRA generator (operators MIN, MAX, MED, SM over digits), deterministic by seed, and its
 tokenizer.
 
-Spec: ``shared/research/longvq_mega_lra.md`` §4.3 (generator of ``lra_benchmarks/data/listops.py``) and §4.2
+Spec: ``docs/longvq.md`` §4.3 (generator of ``lra_benchmarks/data/listops.py``) and §4.2
 (tokens). A node below ``max_depth`` is a leaf (uniform digit) when ``r > 0.25``, else an operator node with
 ``randint(2, max_args)`` children; the root has depth 1; ``length = 2 + Σ child lengths`` (operator and ``]``).
 Trees with ``min_len < length < max_len`` are kept once each until ``n_train + n_val + n_test`` are

@@ -1,7 +1,7 @@
 """Pathfinder / Path-X: a procedural generator with the LRA parameter tables, seeded per image, and the
 release-file reader.
 
-Spec: ``shared/research/longvq_mega_lra.md`` §4.3 (``drewlinsley/pathfinder`` ``snakes2.py``: two target snakes
+Spec: ``docs/longvq.md`` §4.3 (``drewlinsley/pathfinder`` ``snakes2.py``: two target snakes
 whose tails are ``seed_distance`` apart, grown paddle by paddle with a continuity prior and an occupancy
 penalty; distractor snakes; optional single paddles; circle markers at the seed end of snake a and at the far
 end of a (label 1) or of the other snake (label 0); anti-aliased rendering, contrast, min-max rescaled to 8 bit)

@@ -1,7 +1,7 @@
 """Real LRA loaders (IMDb bytes, AAN pairs, CIFAR-10 grayscale, sCIFAR, the ListOps release) and the offline
 image stand-in (Fashion-MNIST from Debian's ``dataset-fashion-mnist``, else generated gratings).
 
-Spec: ``shared/research/longvq_mega_lra.md`` §4.1–4.2 and §4.4; ``data_sources.md`` (URLs, checksums, the Debian
+Spec: ``docs/longvq.md`` §4.1–4.2 and §4.4; ``docs/data.md`` §3–4 (URLs, checksums, the Debian
 path). Raw files live under ``<root>/lra/raw/``; IMDb and CIFAR-10 are downloaded there when missing (checked by
 md5, resumable), the 8 GB LRA release is not: every missing file raises ``DataUnavailableError`` saying what to
 download and where to put it.

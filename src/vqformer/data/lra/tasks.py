@@ -1,4 +1,4 @@
-"""The LRA task table (§4.2 of ``longvq_mega_lra.md``) and how each task's splits are built.
+"""The LRA task table (§4.2 of ``docs/longvq.md``) and how each task's splits are built.
 
 ``build_task(task, root, source, max_len, generator)`` returns ``{split: {"inputs", "lengths", "labels"}}``
 with inputs right-padded to ``max_len`` (tokens uint16, pixels uint8). Sources: ``generated`` (offline
