@@ -144,7 +144,7 @@ SMALL = ["model.d_model=32", "model.d_k=16", "model.d_v=64", "model.n_layer=1", 
          "logger=csv", "trainer.enable_progress_bar=false"]
 
 
-def test_damaged_train_bin_without_its_source_stops_the_run_before_training(tmp_path, monkeypatch):
+def test_damaged_train_bin_without_its_source_stops_the_run_before_training(tmp_path, monkeypatch, capsys):
     from test_configs import make_cfg
     from vqformer.lit.runner import DONE, train
 
@@ -165,9 +165,11 @@ def test_damaged_train_bin_without_its_source_stops_the_run_before_training(tmp_
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / DONE).exists()
     assert paths["train"].read_bytes() == damaged                        # nothing deleted or half-rewritten
 
-    # The preparation command says the same and fails.
+    # The preparation command (it verifies by default) says the same and fails.
     from vqformer.data.prepare import main
-    assert main(["enwik8", "--root", str(tmp_path / "data"), "--verify", "--offline"]) == 1
+    capsys.readouterr()
+    assert main(["enwik8", "--root", str(tmp_path / "data"), "--offline"]) == 1
+    assert f"{paths['train']}: sha256" in capsys.readouterr().err
 
     # With the source back in place the same command prepares the split again and trains.
     zip_path.write_bytes(zip_bytes)

@@ -30,6 +30,7 @@ __all__ = [
     "download",
     "ensure_writable",
     "file_problem",
+    "fsync_dir",
     "load_meta",
     "md5_file",
     "sha256_file",
@@ -80,6 +81,20 @@ def verify_file(path: str | os.PathLike, md5: str | None = None, sha256: str | N
             )
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable: until the directory itself is flushed, a crash may undo it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some filesystems refuse fsync on a directory; the rename is still atomic there
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it into place only if the block succeeds.
@@ -99,6 +114,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -267,4 +283,5 @@ def download(
             f"download of {url} to {dest} is corrupt ({e}); the partial file was deleted, run again"
         ) from e
     os.replace(part, dest)
+    fsync_dir(dest.parent)
     return dest
