@@ -175,12 +175,12 @@ def _intact(out_dir: Path, source: dict, verify: bool, locate_source, fix: str) 
     """True if every prepared file matches meta.json (token file sizes always, sha256 if `verify`); False:
     prepare them (again). Damaged files without a source stop with a DataIntegrityError (files.check_prepared)."""
     def expected(meta: dict) -> dict:
-        files = {out_dir / TOKENIZER_FILE: (None, meta["tokenizer_sha256"])}
+        files = {out_dir / TOKENIZER_FILE: (None, meta.get("tokenizer_sha256"))}
         for split in SPLITS:
             info = meta["splits"][split]
             tokens, books = _split_files(out_dir, split)
-            files[tokens] = (info["n_tokens"] * np.dtype(meta["dtype"]).itemsize, info["sha256"])
-            files[books] = (None, info["books_sha256"])
+            files[tokens] = (info["n_tokens"] * np.dtype(meta["dtype"]).itemsize, info.get("sha256"))
+            files[books] = (None, info.get("books_sha256"))
         return files
     return check_prepared(out_dir / META_NAME, META_VERSION, source, expected, locate_source, fix, verify) is not None
 

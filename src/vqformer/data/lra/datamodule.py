@@ -4,7 +4,8 @@ Spec: ``shared/research/longvq_mega_lra.md`` §4.2 (lengths, vocabularies, split
 splits are built once into ``<root>/lra/cache/<task>-<source>-<hash>/{train,val,test}.npz`` (atomic writes;
 the hash covers the source parameters) holding ``inputs`` (tokens or pixels, right-padded), ``lengths`` and
 ``labels``, with ``meta.json`` (written last) recording each file's size and sha256; ``prepare_data`` re-hashes
-them when a run starts and rebuilds damaged ones from the source (docs/data_integrity.md). Batches are ``{"inputs": [B,T] | [B,T,C] | [B,2,T], "mask": bool like inputs without C, "label": [B]}``:
+them when a run starts and rebuilds damaged ones from the source (docs/data_integrity.md).
+Batches are ``{"inputs": [B,T] | [B,T,C] | [B,2,T], "mask": bool like inputs without C, "label": [B]}``:
 tokens as int64, pixels as float32 normalized per task.
 
 Training order: a permutation of the training examples drawn from ``(seed, epoch)`` by the LM module's
