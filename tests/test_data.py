@@ -86,7 +86,8 @@ def test_prepare_skips_when_prepared_and_verify_repairs(tmp_path, monkeypatch):
     paths["test"].write_bytes(bytes(len(good)))
     bc.prepare_generated(tmp_path, n_bytes=N_GEN, seed=0)
     assert paths["test"].read_bytes() != good
-    bc.prepare_generated(tmp_path, n_bytes=N_GEN, seed=0, verify=True)
+    with pytest.warns(files.DataIntegrityWarning, match=f"{paths['test']}: sha256"):
+        bc.prepare_generated(tmp_path, n_bytes=N_GEN, seed=0, verify=True)
     assert paths["test"].read_bytes() == good
 
 

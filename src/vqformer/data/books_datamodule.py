@@ -147,7 +147,7 @@ class BookLMDataModule(ByteLMDataModule):
         return book_dir(self.name, self.root, self._vocab_size)
 
     def _prepare(self) -> None:
-        BOOK_CORPORA[self.name](self.root, allow_download=self.allow_download, **self._corpus_kw)
+        BOOK_CORPORA[self.name](self.root, allow_download=self.allow_download, verify=True, **self._corpus_kw)
 
     def _prepared_paths(self) -> dict[str, Path]:
         self._meta = prepared_books(self.name, self.root, self._vocab_size)

@@ -2,7 +2,8 @@
 
 Each corpus becomes `<root>/<dir>/{train,validation,test}.bin` holding the raw
 bytes (the +3 vocabulary offset is applied at load time) plus `meta.json` with
-each split's size and sha256. Splits are cut by index at 90% / 95% of the
+each split's size and sha256, written last; a run re-hashes the splits when it starts
+(docs/data_integrity.md). Splits are cut by index at 90% / 95% of the
 corpus, which for enwik8 is exactly [0, 90M) / [90M, 95M) / [95M, 100M).
 Sources (docs/data.md §1):
 
@@ -30,9 +31,9 @@ from .files import (
     DataIntegrityError,
     DataUnavailableError,
     atomic_write_bytes,
+    check_prepared,
     download,
-    load_meta,
-    split_files_match,
+    split_entries,
 )
 
 __all__ = [
@@ -78,10 +79,22 @@ def _split_paths(out_dir: Path) -> dict[str, Path]:
     return {s: out_dir / f"{s}.bin" for s in SPLITS}
 
 
-def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
-    """True if the split files match meta.json (sizes always, sha256 only if `verify`)."""
-    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
-    return meta is not None and split_files_match(meta, _split_paths(out_dir), verify)
+def _intact(out_dir: Path, source: dict, verify: bool, locate_source: Callable[[], str | None], fix: str) -> bool:
+    """True if the split files match meta.json (sizes always, sha256 if `verify`); False: prepare them.
+
+    Damaged splits are prepared again when `locate_source()` finds the source, else a DataIntegrityError
+    names them and `fix` (files.check_prepared).
+    """
+    paths = _split_paths(out_dir)
+    return check_prepared(out_dir / META_NAME, META_VERSION, source, lambda meta: split_entries(meta, paths),
+                          locate_source, fix, verify) is not None
+
+
+def _command(name: str, root: str | os.PathLike, **kw) -> str:
+    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)}"
+    if name == "generated":
+        command += f" --n-bytes {kw.get('n_bytes', GENERATED_DEFAULT_BYTES)} --seed {kw.get('seed', 0)}"
+    return command
 
 
 def _write_splits(out_dir: Path, data: bytes, source: dict) -> dict[str, Path]:
@@ -147,9 +160,11 @@ def prepare_enwik8(root: str | os.PathLike, verify: bool = False, allow_download
     """Prepare enwik8 under `<root>/enwik8/`, downloading the zip there if it is missing."""
     out_dir = Path(os.path.abspath(root)) / "enwik8"
     source = {"kind": "enwik8", "url": ENWIK8_URL, "member": ENWIK8_MEMBER, "md5": ENWIK8_MD5}
-    if _meta_ok(out_dir, source, verify):
-        return _split_paths(out_dir)
     zip_path = out_dir / "enwik8.zip"
+    fix = (f"place {ENWIK8_URL} at {zip_path} and run again, or delete {out_dir} and run "
+           f"`{_command('enwik8', root)}` (`make data-enwik8`), which downloads it")
+    if _intact(out_dir, source, verify, lambda: str(zip_path) if zip_path.is_file() else None, fix):
+        return _split_paths(out_dir)
     if not zip_path.is_file():
         manual = (
             f"enwik8 is not available: download {ENWIK8_URL} and place it at {zip_path} "
@@ -191,7 +206,15 @@ def prepare_wiki_sample(root: str | os.PathLike, verify: bool = False) -> dict[s
     """Prepare the 6 MB Wikipedia XML stand-in for enwik8 under `<root>/wiki_sample/`."""
     out_dir = Path(os.path.abspath(root)) / "wiki_sample"
     source = {"kind": "wiki_sample", "file": "gensim/" + WIKI_SAMPLE_FILE, "sha256": WIKI_SAMPLE_SHA256}
-    if _meta_ok(out_dir, source, verify):
+
+    def locate() -> str | None:
+        try:
+            return str(_gensim_file(WIKI_SAMPLE_FILE))
+        except DataUnavailableError:
+            return None
+
+    fix = f"pip install --no-deps gensim==4.4.0 and run again (or `{_command('wiki_sample', root)}`)"
+    if _intact(out_dir, source, verify, locate, fix):
         return _split_paths(out_dir)
     bz2_path = _gensim_file(WIKI_SAMPLE_FILE)
     try:
@@ -261,7 +284,8 @@ def prepare_generated(
         raise ValueError(f"data.seed must be a non-negative integer, got {seed!r}")
     out_dir = corpus_dir("generated", root, n_bytes=n_bytes, seed=seed)
     source = {"kind": "generated", "n_bytes": n_bytes, "seed": seed, "version": GENERATED_VERSION}
-    if _meta_ok(out_dir, source, verify):
+    fix = f"delete {out_dir} and run `{_command('generated', root, n_bytes=n_bytes, seed=seed)}`"
+    if _intact(out_dir, source, verify, lambda: f"the generator (seed {seed})", fix):
         return _split_paths(out_dir)
     return _write_splits(out_dir, generate_bytes(n_bytes, seed), source)
 
@@ -301,9 +325,7 @@ def prepared_splits(name: str, root: str | os.PathLike, **kw) -> dict[str, Path]
     Used on every rank in `setup()`, where preparing would race with rank 0.
     """
     out_dir = corpus_dir(name, root, **kw)
-    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)}"
-    if name == "generated":
-        command += f" --n-bytes {kw.get('n_bytes', GENERATED_DEFAULT_BYTES)} --seed {kw.get('seed', 0)}"
+    command = _command(name, root, **kw)
     try:
         meta = json.loads((out_dir / META_NAME).read_text())
     except (OSError, ValueError):

@@ -1,8 +1,8 @@
-"""File helpers for the data layer: hashing, atomic writes, resumable downloads.
+"""File helpers for the data layer: hashing, atomic writes, resumable downloads, manifest checks.
 
-Implements the "written atomically, verified by hash" rule of
-docs/data.md §6 used by every preparer of
-docs/transformer_vq.md §4.3. No network access is assumed: a failed download turns
+Every preparer writes its files atomically and records their sizes and sha256 in a manifest written last;
+`check_prepared` re-hashes them when a run starts and prepares damaged data again from its source, or stops
+naming the damaged files (docs/data_integrity.md; the preparers follow docs/data.md §6). No network access is assumed: a failed download turns
 into a `DataUnavailableError` that tells the user how to fetch the file by hand.
 """
 
@@ -16,17 +16,25 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = [
     "DataIntegrityError",
+    "DataIntegrityWarning",
     "DataUnavailableError",
     "atomic_path",
     "atomic_write_bytes",
+    "check_prepared",
     "download",
+    "ensure_writable",
+    "file_problem",
+    "fsync_dir",
+    "load_meta",
     "md5_file",
     "sha256_file",
+    "split_entries",
     "verify_file",
 ]
 
@@ -39,6 +47,10 @@ class DataUnavailableError(RuntimeError):
 
 class DataIntegrityError(RuntimeError):
     """A file exists but its size, hash or format is not what was expected."""
+
+
+class DataIntegrityWarning(UserWarning):
+    """Prepared data did not match its manifest and is prepared again from its source."""
 
 
 def _hash_file(path: str | os.PathLike, algo: str) -> str:
@@ -69,6 +81,20 @@ def verify_file(path: str | os.PathLike, md5: str | None = None, sha256: str | N
             )
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable: until the directory itself is flushed, a crash may undo it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some filesystems refuse fsync on a directory; the rename is still atomic there
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it into place only if the block succeeds.
@@ -88,6 +114,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -112,15 +139,81 @@ def load_meta(path: str | os.PathLike, version: int, source: dict) -> dict | Non
     return meta
 
 
-def split_files_match(meta: dict, paths: dict[str, Path], verify: bool) -> bool:
-    """Every split file exists with the size the manifest records (and its sha256 when ``verify``)."""
-    for split, path in paths.items():
-        info = meta.get("splits", {}).get(split)
-        if info is None or not path.is_file() or path.stat().st_size != info["n_bytes"]:
-            return False
-        if verify and sha256_file(path) != info["sha256"]:
-            return False
-    return True
+def file_problem(path: Path, n_bytes: int | None, sha256: str | None, verify: bool = True) -> str | None:
+    """Why `path` is not the file its manifest describes (missing, size, sha256 when `verify`), or None."""
+    if not path.is_file():
+        return f"{path}: missing"
+    size = path.stat().st_size
+    if n_bytes is not None and size != n_bytes:
+        return f"{path}: {size} bytes, its manifest records {n_bytes}"
+    if verify:
+        if not sha256:
+            return f"{path}: its manifest records no sha256"
+        actual = sha256_file(path)
+        if actual != sha256:
+            return f"{path}: sha256 {actual}, its manifest records {sha256}"
+    return None
+
+
+def split_entries(meta: dict, paths: dict[str, Path]) -> dict[Path, tuple[int, str | None]]:
+    """(size, sha256) of each split file as the manifest's `splits` table records them, for `check_prepared`."""
+    return {path: (meta["splits"][split]["n_bytes"], meta["splits"][split].get("sha256"))
+            for split, path in paths.items()}
+
+
+def ensure_writable(folder: Path, context: str, hint: str) -> None:
+    """Create `folder` if needed and create and remove a probe file in it; raise DataIntegrityError otherwise.
+
+    A real write is the only test that holds for root as well: permission bits do not stop root, while a
+    read-only mount or an immutable directory do, and `os.access` cannot see either.
+    """
+    probe = Path(folder) / f".write-probe.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise DataIntegrityError(f"{context}: {folder} is not writable ({e.strerror or e}). {hint}") from e
+
+
+def check_prepared(
+    meta_path: Path,
+    version: int,
+    source: dict,
+    expected: Callable[[dict], dict[Path, tuple[int | None, str | None]]],
+    locate_source: Callable[[], str | None],
+    fix: str,
+    verify: bool = True,
+) -> dict | None:
+    """The manifest of intact prepared data, or None when the caller must prepare it (again).
+
+    `expected(meta)` maps each prepared file to the (size, sha256) the manifest records. Damaged files are
+    prepared again when `locate_source()` names the source (with a DataIntegrityWarning); when it returns
+    None, or the folder cannot be written, a DataIntegrityError names every damaged file and `fix`.
+    A missing, unreadable or outdated manifest means "not prepared": the caller prepares, folder writable.
+    """
+    out_dir = Path(meta_path).parent
+    meta = load_meta(meta_path, version, source)
+    try:
+        files = expected(meta) if meta is not None else None
+    except (KeyError, TypeError, ValueError):   # a manifest of the right version without the fields we need
+        files = None
+    if files is None:
+        ensure_writable(out_dir, f"{out_dir} holds no prepared data ({meta_path.name} is missing, unreadable or "
+                                 f"from another version or source) and it cannot be prepared",
+                        "Make it writable, or point data.root (paths.data_dir) to a writable folder.")
+        return None
+    problems = [p for path, (n_bytes, sha) in files.items() if (p := file_problem(path, n_bytes, sha, verify))]
+    if not problems:
+        return meta
+    damaged = "prepared data does not match its manifest " + str(meta_path) + ":\n    " + "\n    ".join(problems)
+    origin = locate_source()
+    if origin is None:
+        raise DataIntegrityError(f"{damaged}\nIts source is not available to prepare it again. To fix it: {fix}")
+    ensure_writable(out_dir, f"{damaged}\nIt would be prepared again from {origin}, but cannot be",
+                    f"To fix it: make the folder writable and run again, or {fix}")
+    warnings.warn(f"{damaged}\npreparing it again from {origin}", DataIntegrityWarning, stacklevel=3)
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -172,6 +265,9 @@ def download(
             with open(part, mode) as f:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
+                # On disk before the rename below, or a crash could leave a complete-looking name over lost data.
+                f.flush()
+                os.fsync(f.fileno())
     except urllib.error.HTTPError as e:
         # 416 on a resume means the partial file is already complete; the checksum decides.
         if not (e.code == 416 and offset):
@@ -187,4 +283,5 @@ def download(
             f"download of {url} to {dest} is corrupt ({e}); the partial file was deleted, run again"
         ) from e
     os.replace(part, dest)
+    fsync_dir(dest.parent)
     return dest

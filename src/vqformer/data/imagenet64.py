@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, load_meta,
-                    split_files_match)
+from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
+                    split_entries)
 from .lm_datamodule import ByteLMDataModule, _positive_int
 
 __all__ = ["IMAGE_CORPORA", "ImageLMDataModule", "chw_to_hwc", "generate_images", "image_dir", "image_tokens",
@@ -66,10 +66,17 @@ def _paths(out_dir: Path) -> dict[str, Path]:
     return {s: out_dir / f"{s}.bin" for s in SPLITS}
 
 
-def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
-    """True if the split files match meta.json (sizes always, sha256 only if `verify`)."""
-    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
-    return meta is not None and split_files_match(meta, _paths(out_dir), verify)
+def _intact(out_dir: Path, source: dict, verify: bool, locate_source, fix: str) -> bool:
+    """True if the split files match meta.json (sizes always, sha256 if `verify`); False: prepare them (again).
+    Damaged files without a source stop with a DataIntegrityError (files.check_prepared)."""
+    paths = _paths(out_dir)
+    return check_prepared(out_dir / META_NAME, META_VERSION, source, lambda meta: split_entries(meta, paths),
+                          locate_source, fix, verify) is not None
+
+
+def _command(name: str, root, resolution: int) -> str:
+    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)}"
+    return command if name == "imagenet64" else command + f" --resolution {resolution}"
 
 
 def _write_splits(out_dir: Path, splits: dict[str, Iterable[np.ndarray]], source: dict, resolution: int):
@@ -168,7 +175,15 @@ def prepare_imagenet64(root: str | os.PathLike, resolution: int = 64, verify: bo
         raise ValueError(f"data.resolution must be 64 for imagenet64, got {resolution!r}")
     out_dir = Path(os.path.abspath(root)) / "imagenet64"
     source = {"kind": "imagenet64", "n_train": n_train, "order": "train_data_batch_1..10 then val_data"}
-    if _meta_ok(out_dir, source, verify):
+
+    def locate() -> str | None:   # presence only: _npz_files would extract the zips
+        raw = out_dir / "raw"
+        npz = len(list(raw.rglob("train_data_batch_*.npz"))) >= 10 and any(raw.rglob("val_data.npz"))
+        return str(raw) if npz or all((raw / name).is_file() for name in IMAGENET64_ZIPS) else None
+
+    fix = (f"place {', '.join(IMAGENET64_ZIPS)} (or their npz members) in {out_dir / 'raw'} and run "
+           f"`{_command('imagenet64', root, 64)}`")
+    if _intact(out_dir, source, verify, locate, fix):
         return _paths(out_dir)
     train, val = _npz_files(out_dir / "raw")
     first, rest = _train_and_validation(train, n_train)
@@ -212,7 +227,8 @@ def prepare_generated_images(root: str | os.PathLike, resolution: int = 64, veri
     counts = dict(counts or GENERATED_COUNTS)
     out_dir = image_dir("generated_images", root, resolution)
     source = {"kind": "generated_images", "counts": counts, "seed": seed, "version": 1}
-    if _meta_ok(out_dir, source, verify):
+    fix = f"delete {out_dir} and run `{_command('generated_images', root, resolution)}`"
+    if _intact(out_dir, source, verify, lambda: f"the image generator (seed {seed})", fix):
         return _paths(out_dir)
     splits = {s: iter([generate_images(counts[s], resolution, seed * 3 + i)]) for i, s in enumerate(SPLITS)}
     return _write_splits(out_dir, splits, source, resolution)
@@ -244,7 +260,9 @@ def prepare_fashion_mnist(root: str | os.PathLike, resolution: int = 64, verify:
     train_path, test_path = (FASHION_MNIST_DIR / f"{s}-images-idx3-ubyte.gz" for s in ("train", "t10k"))
     out_dir = image_dir("fashion_mnist", root, resolution)
     source = {"kind": "fashion_mnist", "dir": str(FASHION_MNIST_DIR), "n_train": FASHION_MNIST_N_TRAIN}
-    if _meta_ok(out_dir, source, verify):
+    fix = f"apt-get install --reinstall dataset-fashion-mnist and run `{_command('fashion_mnist', root, resolution)}`"
+    located = lambda: str(FASHION_MNIST_DIR) if train_path.is_file() and test_path.is_file() else None  # noqa: E731
+    if _intact(out_dir, source, verify, located, fix):
         return _paths(out_dir)
     if not (train_path.is_file() and test_path.is_file()):
         raise DataUnavailableError(f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}: "
@@ -270,9 +288,7 @@ def image_dir(name: str, root: str | os.PathLike, resolution: int = 64) -> Path:
 def prepared_images(name: str, root: str | os.PathLike, resolution: int = 64) -> dict[str, Path]:
     """Split files of an already prepared image corpus, sizes checked against meta.json; never prepares."""
     out_dir = image_dir(name, root, resolution)
-    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)}"
-    if name != "imagenet64":
-        command += f" --resolution {resolution}"
+    command = _command(name, root, resolution)
     try:
         meta = json.loads((out_dir / META_NAME).read_text())
     except (OSError, ValueError):
@@ -315,7 +331,7 @@ class ImageLMDataModule(ByteLMDataModule):
             raise ValueError(f"data.n_bytes only applies to data.name=generated, got {n_bytes!r} for {name!r}")
 
     def _prepare(self) -> None:
-        IMAGE_CORPORA[self.name](self.root, **self._corpus_kw)
+        IMAGE_CORPORA[self.name](self.root, verify=True, **self._corpus_kw)
 
     def _prepared_paths(self) -> dict[str, Path]:
         return prepared_images(self.name, self.root, self.resolution)

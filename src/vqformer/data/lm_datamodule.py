@@ -285,6 +285,7 @@ class ByteLMDataModule(L.LightningDataModule):
         # The generated corpus is fixed (seed 0) so that changing the training seed does not change the data.
         self._corpus_kw = {"n_bytes": int(n_bytes or GENERATED_DEFAULT_BYTES), "seed": 0} if name == "generated" else {}
         self._paths: dict[str, Path] | None = None
+        self._prepared = False
 
     @staticmethod
     def _check_corpus(name: str, n_bytes: int | None) -> None:
@@ -296,7 +297,7 @@ class ByteLMDataModule(L.LightningDataModule):
             raise ValueError(f"data.n_bytes only applies to data.name=generated, got {n_bytes!r} for {name!r}")
 
     def _prepare(self) -> None:
-        prepare(self.name, self.root, **self._corpus_kw)
+        prepare(self.name, self.root, verify=True, **self._corpus_kw)
 
     def _prepared_paths(self) -> dict[str, Path]:
         return prepared_splits(self.name, self.root, **self._corpus_kw)
@@ -309,7 +310,14 @@ class ByteLMDataModule(L.LightningDataModule):
         return VOCAB_SIZE
 
     def prepare_data(self) -> None:
-        self._prepare()
+        """Prepare the corpus if needed and re-hash its files against their manifest (docs/data_integrity.md).
+
+        Runs on local rank 0 only; Lightning calls it again in fit/validate/test after the runner did,
+        so the hashing is done once per data module.
+        """
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if self._paths is not None:

@@ -8,18 +8,20 @@ at the position whose input is a queried key is its value, every other label is 
 ``random_non_queries`` the remaining 0 inputs become uniform random ids in [0, V).
 
 Train and test segments draw from disjoint seed streams; a segment is cached as ``<root>/mqar/<md5>.npz``
-keyed by its parameters and seed, written atomically.
+keyed by its parameters and seed, written atomically, with the sha256 of its arrays inside.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path
+from .files import DataIntegrityWarning, atomic_path, ensure_writable
 
 IGNORE = -100
 
@@ -93,10 +95,31 @@ def segment_seed(seed: int, split: str, index: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0]) >> 1 | (0 if split == "train" else 1 << 31)
 
 
+def _content_sha256(inputs: np.ndarray, labels: np.ndarray) -> str:
+    return hashlib.sha256(inputs.astype(np.int32).tobytes() + labels.astype(np.int32).tobytes()).hexdigest()
+
+
+def _read_checked(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
+    """The cached arrays, or why they are not the ones written (the file records their sha256)."""
+    try:
+        with np.load(path) as f:
+            inputs, labels, recorded = f["inputs"], f["labels"], str(f["sha256"]) if "sha256" in f else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        return f"{path}: unreadable ({e})"
+    if recorded is None:
+        return f"{path}: written without a sha256"
+    actual = _content_sha256(inputs, labels)
+    if actual != recorded:
+        return f"{path}: content sha256 {actual}, the file records {recorded}"
+    return inputs.astype(np.int64), labels.astype(np.int64)
+
+
 def load_segment(root: str | Path | None, seg: MQARSegment, split: str, index: int, *, vocab_size: int,
-                 seed: int, power_a: float, num_passes: int, random_non_queries: bool
+                 seed: int, power_a: float, num_passes: int, random_non_queries: bool, verify: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Generate (or read back from the cache) one segment; the cache file is written atomically."""
+    """Generate (or read back from the cache) one segment; the cache file is written atomically and records the
+    sha256 of its arrays. With `verify` (prepare_data, once) a cached file whose arrays do not match it, or that
+    has none, is generated again (docs/data_integrity.md)."""
     params = dict(asdict(seg), vocab_size=vocab_size, seed=segment_seed(seed, split, index), power_a=power_a,
                   num_passes=num_passes, random_non_queries=random_non_queries, version=1)
     gen = lambda: multiquery_ar(vocab_size, seg.num_examples, seg.input_seq_len, seg.num_kv_pairs,
@@ -105,12 +128,19 @@ def load_segment(root: str | Path | None, seg: MQARSegment, split: str, index: i
         return gen()
     path = Path(root) / "mqar" / (hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest() + ".npz")
     if path.exists():
-        with np.load(path) as f:
-            return f["inputs"].astype(np.int64), f["labels"].astype(np.int64)
+        if not verify:
+            with np.load(path) as f:
+                return f["inputs"].astype(np.int64), f["labels"].astype(np.int64)
+        checked = _read_checked(path)
+        if not isinstance(checked, str):
+            return checked
+        ensure_writable(path.parent, f"{checked}; it would be generated again, but cannot be",
+                        f"Make the folder writable and run again, or delete {path}.")
+        warnings.warn(f"{checked}: generating it again", DataIntegrityWarning, stacklevel=2)
     inputs, labels = gen()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, inputs=inputs.astype(np.int32), labels=labels.astype(np.int32),
-                 params=json.dumps(params))
+                 params=json.dumps(params), sha256=_content_sha256(inputs, labels))
     return inputs, labels
 
 

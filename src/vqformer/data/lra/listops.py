@@ -11,12 +11,13 @@ format: ``basic_{train,val,test}.tsv`` with header ``Source\\tTarget`` and the p
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import atomic_path, atomic_write_bytes, check_prepared, sha256_file, split_entries
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -135,13 +136,20 @@ def generated_dir(root: str | Path, **params) -> Path:
 
 
 def prepare_generated(root: str | Path, seed: int = 0, **params) -> Path:
-    """Generate once into ``<root>/lra/listops_generated/<params>/basic_*.tsv`` (atomic; reused after)."""
+    """Generate once into ``<root>/lra/listops_generated/<params>/basic_*.tsv`` (atomic; reused after) with
+    ``meta.json`` recording their sizes and sha256; damaged or unrecorded files are generated again."""
     out = generated_dir(root, seed=seed, **params)
-    if all((out / f"basic_{s}.tsv").exists() for s in SPLITS):
+    paths = {s: out / f"basic_{s}.tsv" for s in SPLITS}
+    source = json.loads(json.dumps({"kind": "listops_generated", "seed": seed, **params}, sort_keys=True))
+    if check_prepared(out / "meta.json", 1, source, lambda meta: split_entries(meta, paths),
+                      lambda: f"the ListOps generator (seed {seed})", f"delete {out} and run again") is not None:
         return out
+    (out / "meta.json").unlink(missing_ok=True)   # never vouch for files being replaced
     data = generate(seed=seed, **params)
     for s in SPLITS:
-        write_tsv(out / f"basic_{s}.tsv", data[s])
+        write_tsv(paths[s], data[s])
+    splits = {s: {"file": p.name, "n_bytes": p.stat().st_size, "sha256": sha256_file(p)} for s, p in paths.items()}
+    atomic_write_bytes(out / "meta.json", json.dumps({"version": 1, "source": source, "splits": splits}).encode())
     return out
 
 
