@@ -1,15 +1,22 @@
 """The results pipeline on hand-made run directories: selection by config, mean / spread over seeds,
-the noise verdict, archiving without checkpoints, and the files `make results` writes."""
+the noise verdict, archiving without checkpoints, and the files `make results` writes; every results family
+rebuilt from the committed record leaves experiments/ untouched and writes under logs/results/."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from vqformer.results.__main__ import main
+from vqformer.results.__main__ import main as results_cli
+from vqformer.results.mini import main
 from vqformer.results.collect import load_run, load_wandb
 from vqformer.results.tables import SPECS, summarize, to_markdown
 
@@ -65,6 +72,9 @@ def test_make_results_archives_runs_and_writes_tables_and_plots(tmp_path):
         fake_run(logs / "multiruns" / "tvq_mini", "tvq/mini_codebook", n_code=16, seed=seed, bpb=2.2)
     fake_run(logs / "runs" / "x", "default", tags=(), seed=5)           # not a mini run: not archived
     main(["--logs", str(logs), "--archive", str(archive), "--out", str(out)])
+    assert not archive.exists()                                          # no --archive-new: record untouched
+    assert "| full | 2 | 200 | 1.9000" in (out / "tables.md").read_text()
+    main(["--logs", str(logs), "--archive", str(archive), "--out", str(out), "--archive-new"])
     archived = sorted(p.name for p in archive.iterdir())
     assert len(archived) == 6 and not any((archive / a / "checkpoints").exists() for a in archived)
     text = (out / "tables.md").read_text()
@@ -76,6 +86,83 @@ def test_make_results_archives_runs_and_writes_tables_and_plots(tmp_path):
     (out / "tables.md").unlink()
     main(["--logs", str(tmp_path / "nothing"), "--archive", str(archive), "--out", str(out)])
     assert (out / "tables.md").read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
+
+
+def test_a_rerun_in_logs_replaces_its_archived_run(tmp_path):
+    archive, logs, out = tmp_path / "archive", tmp_path / "logs", tmp_path / "out"
+    for seed in (0, 1):
+        fake_run(archive, "tvq/mini_quadratic", seed=seed, bpb=2.0)
+        fake_run(logs / "multiruns", "tvq/mini_quadratic", seed=seed, bpb=1.5)     # same job folder, new result
+    main(["--logs", str(logs), "--archive", str(archive), "--out", str(out)])
+    assert "| vq | 2 | 200 | 1.5000" in (out / "tables.md").read_text()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_every_family_rebuilds_from_the_committed_record_without_touching_it(tmp_path, monkeypatch):
+    """`make results` on a fresh clone: default arguments, the committed record as input. Nothing under
+    experiments/ changes (byte for byte) and every table lands under logs/results/<family>/; the tables
+    rebuilt from the record are the committed ones."""
+    for part in ("mini", "throughput", "recall"):
+        shutil.copytree(REPO / "experiments" / part, tmp_path / "experiments" / part)
+    before = _tree(tmp_path / "experiments")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-m", "vqformer.results"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(tmp_path)
+    results_cli(["throughput"])
+    results_cli(["recall", "--from-csv", "experiments/recall/runs.csv"])
+    assert _tree(tmp_path / "experiments") == before
+    out = tmp_path / "logs" / "results"
+    rows = lambda p: [line for line in p.read_text().splitlines() if line.startswith(("|", "###"))]
+    assert rows(out / "mini" / "tables.md") == rows(tmp_path / "experiments" / "mini" / "tables.md")
+    assert len(rows(out / "mini" / "tables.md")) == 7 + 4 * 2 + 10    # headings, table heads, 10 mini arms
+    for name in ("mini_codebook.csv", "mini_block.csv"):
+        assert (out / "mini" / name).read_bytes() == (REPO / "experiments" / "mini" / name).read_bytes()
+    assert (out / "mini" / "bpb_vs_codebook.png").stat().st_size > 1000
+    for rec in ("cpu", "cpu-eager"):
+        got, want = out / "throughput" / rec, REPO / "experiments" / "throughput" / rec
+        assert (got / "table.md").read_text() == (want / "table.md").read_text()
+        assert (got / "points.csv").read_bytes() == (want / "points.csv").read_bytes()
+        assert json.loads((got / "results.json").read_text())["targets"] == \
+            json.loads((want / "results.json").read_text())["targets"]
+        assert (got / "throughput.png").stat().st_size > 1000
+    assert (out / "recall" / "results.csv").read_bytes() == (REPO / "experiments" / "recall" / "results.csv").read_bytes()
+    assert (out / "recall" / "recall_memory.png").stat().st_size > 1000
+
+
+def test_unknown_family_and_bad_inputs_stop_with_a_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="unknown results family 'tables'.*mini, recall"):
+        results_cli(["tables"])
+    with pytest.raises(SystemExit, match="no benchmark records"):
+        results_cli(["throughput"])
+    with pytest.raises(SystemExit, match="nope/results.json not found"):
+        results_cli(["throughput", "nope"])
+    with pytest.raises(SystemExit, match="--from-csv: missing.csv is not a file"):
+        results_cli(["recall", "--from-csv", "missing.csv"])
+    results_cli(["--help"])
+    assert "lra-baseline" in capsys.readouterr().out
+    assert not (tmp_path / "logs").exists()
+
+
+def test_benchmarks_write_under_logs_by_default():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        for bench in ("cpu_quick", "cpu", "gpu"):
+            cfg = compose("bench", overrides=[f"bench={bench}"], return_hydra_config=True)
+            assert cfg.out_dir == f"logs/bench/{cfg.bench.device_tag}" and cfg.hydra.run.dir == cfg.out_dir
+    GlobalHydra.instance().clear()
 
 
 def test_wandb_runs_become_records():
