@@ -211,3 +211,55 @@ def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):
         if cell["cell_type"] == "code":
             exec("".join(cell["source"]), scope)
     assert len(scope["records"]) == 2 and any("| 16 | 2 |" in s for s in shown)
+
+
+def test_lra_curve_and_paper_reference(tmp_path):
+    run = tmp_path / "run"
+    (run / "csv" / "version_0").mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"data": {"task": "listops"}}))
+    rows = [("train/loss", 0, 2.0), ("train/loss", 1, 1.0), ("val", 1, (0.3, 1.5)), ("train/loss", 2, 0.5),
+            ("val", 3, (0.4, 1.2)), ("val", 3, (0.4, 1.2))]          # the runner's final re-validation
+    with (run / "csv" / "version_0" / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "train/loss", "val/acc", "val/loss"])
+        for kind, step, v in rows:
+            w.writerow([step, v, "", ""] if kind == "train/loss" else [step, "", *v])
+    out = tmp_path / "out"
+    results_cli(["lra", str(run), "--name", "listops", "--out", str(out), "--ref", "chance=0.1", "--paper", "MEGA"])
+    got = list(csv.DictReader((out / "listops.csv").open()))
+    assert [(int(r["step"]), float(r["val_acc"]), float(r["train_loss"])) for r in got] == [(2, 0.3, 1.5), (4, 0.4, 0.5)]
+    assert (out / "listops.png").stat().st_size > 1000
+    from vqformer.results import lra, paper
+    assert lra.refs(run, ["chance=0.1"], ["MEGA"]) == [("chance", 0.1), ("MEGA (paper, test)", 0.6314)]
+    assert paper.lra_accuracy("MEGA-chunk", "pathx") == 93.81 and paper.lra_accuracy("S4-v2", "pathfinder32") == 94.2
+    with pytest.raises(SystemExit, match="--ref 'chance': expected NAME=ACC"):
+        results_cli(["lra", str(run), "--out", str(out), "--ref", "chance"])
+    with pytest.raises(SystemExit, match="holds no validation accuracy|not found"):
+        results_cli(["lra", str(tmp_path), "--out", str(out)])
+
+
+def test_lra_bag_of_tokens_baseline_writes_its_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gen = {"seed": 0, "n_train": 48, "n_val": 16, "n_test": 16, "min_len": 10, "max_len": 60}
+    results_cli(["lra-baseline", "--root", str(tmp_path / "data"), "--max-len", "64", "--generator", json.dumps(gen)])
+    out = json.loads((tmp_path / "logs" / "results" / "lra" / "listops_bag_of_tokens.json").read_text())
+    assert set(out) == {"majority", "bag_linear", "bag_mlp"}
+    assert all(0 <= v[s] <= 1 for v in out.values() for s in ("val", "test"))
+    with pytest.raises(SystemExit, match="--generator is not JSON"):
+        results_cli(["lra-baseline", "--generator", "{seed: 0}"])
+
+
+def test_bench_entry_point_writes_record_table_and_plot_under_logs(tmp_path):
+    """`make bench` from a checkout: `python -m vqformer.bench` with its default out_dir writes everything under
+    logs/bench/<device_tag>/ relative to where it runs, and nothing anywhere else."""
+    from test_bench import TINY
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-m", "vqformer.bench", *TINY], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [f"logs/bench/cpu/{n}" for n in ("points.csv", "profile_vq_kernel_T64.txt", "results.json",
+                                                      "table.md", "throughput.png")]
+    assert "## Targets" in (tmp_path / "logs/bench/cpu/table.md").read_text()
+    assert json.loads((tmp_path / "logs/bench/cpu/results.json").read_text())["targets"]
