@@ -237,7 +237,7 @@ def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):
     display = types.ModuleType("IPython.display")
     display.Markdown, display.display = str, shown.append
     ipython = types.ModuleType("IPython")
-    ipython.get_ipython = lambda: None          # matplotlib asks for a shell when pyplot picks its backend
+    ipython.version_info, ipython.get_ipython = (8, 0), lambda: None   # matplotlib asks it for a shell
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", display)
     scope: dict = {}
