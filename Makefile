@@ -55,8 +55,9 @@ mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 14 runs, ~1 h on 
 	for e in $(MINI); do $(PY) -m vqformer.train -m experiment=tvq/$$e hardware=$(HARDWARE) $(ARGS) || exit 1; done
 	$(MAKE) results
 
-results: install ## runs (logs/ + the committed archive) -> tables and plots under $(OUT)/results/mini
-	$(PY) -m vqformer.results mini --logs logs --out $(OUT)/results/mini $(ARGS)
+FAMILY ?= mini
+results: install ## runs (logs/ + the committed archive) -> tables and plots under $(OUT)/results/mini; FAMILY=recall|lra|throughput|...
+	$(PY) -m vqformer.results $(FAMILY) --out $(OUT)/results/$(FAMILY) $(ARGS)
 
 bench: install ## throughput benchmark, reduced CPU grid (< 20 min) -> $(OUT)/bench/cpu; ARGS=bench=gpu for the GPU grid
 	$(PY) -m vqformer.bench bench=cpu_quick out_root=$(OUT)/bench $(ARGS)

@@ -4,7 +4,7 @@ Usage (after the LongVQ run has prepared the same data):
     python -m vqformer.results lra-baseline --root data --task listops --max-len 100 \
         --generator '{"seed":0,"n_train":20000,"n_val":1000,"n_test":1000,"min_len":20,"max_len":100,"max_depth":10,"max_args":10}'
 Prints a JSON line with validation and test accuracy of each baseline and of the majority class, and writes it
-to ``--out`` (default ``logs/results/lra/<task>_bag_of_tokens.json``).
+to ``<out>/<task>_bag_of_tokens.json`` (default out: ``logs/results/lra``).
 """
 from __future__ import annotations
 
@@ -53,13 +53,14 @@ def main(argv=None) -> None:
     ap.add_argument("--task", default="listops")
     ap.add_argument("--max-len", type=int, default=None)
     ap.add_argument("--generator", default="{}", help="the data config's generator keys, as JSON")
-    ap.add_argument("--out", type=Path, help="JSON file (default: logs/results/lra/<task>_bag_of_tokens.json)")
+    ap.add_argument("--out", type=Path, default=Path("logs/results/lra"),
+                    help="folder of <task>_bag_of_tokens.json (default: logs/results/lra)")
     a = ap.parse_args(argv)
     try:
         generator = json.loads(a.generator)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--generator is not JSON ({e}): {a.generator!r}") from None
-    out_path = a.out or Path("logs/results/lra") / f"{a.task}_bag_of_tokens.json"
+    out_path = a.out / f"{a.task}_bag_of_tokens.json"
     torch.set_num_threads(1)
     dm = LRADataModule(task=a.task, root=a.root, batch_size=1, max_len=a.max_len, generator=generator)
     dm.prepare_data()

@@ -55,7 +55,7 @@ def _model(cfg):
 
 
 def set_ovq_n_max(model, n: int) -> None:
-    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob, §1.2)."""
+    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob; docs/ovq.md)."""
     model.cfg.ovq_n_max = n
     for u in model.units:
         if u.ovq_opts is not None:
