@@ -297,3 +297,62 @@ def test_bench_entry_point_writes_record_table_and_plot_under_logs(tmp_path):
                                                       "table.md", "throughput.png")]
     assert "## Targets" in (tmp_path / "logs/bench/cpu/table.md").read_text()
     assert json.loads((tmp_path / "logs/bench/cpu/results.json").read_text())["targets"]
+
+
+def _scratch_repo(tmp_path: Path, parts: list[str]) -> Path:
+    """A git repository holding the Makefile and copies of some committed pages, all committed."""
+    repo = tmp_path / "repo"
+    for part in parts:
+        src, dest = REPO / part, repo / part
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+    for name in ("Makefile", ".gitignore"):
+        shutil.copy2(REPO / name, repo / name)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo, check=True,
+                                    capture_output=True)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "record")
+    return repo
+
+
+def _make(repo: Path, target: str, **env) -> str:
+    # -o: take the venv as installed; PY: this interpreter (the scratch repository has no .venv)
+    proc = subprocess.run(["make", "-s", "-o", ".venv/.installed", target, f"PY={sys.executable}"], cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg", **env),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(not shutil.which("make") or not shutil.which("git"), reason="needs make and git")
+def test_refresh_bench_copies_new_results_into_the_record_and_shows_the_diff(tmp_path):
+    repo = _scratch_repo(tmp_path, ["experiments/throughput/cpu", "experiments/lra/bench_4k.jsonl"])
+    new = repo / "logs" / "bench" / "cpu"
+    shutil.copytree(repo / "experiments/throughput/cpu", new)
+    (new / "table.md").write_text("# new table\n")
+    (repo / "logs/bench/lra_4k").mkdir(parents=True)
+    (repo / "logs/bench/lra_4k/points.jsonl").write_text('{"arm": "longvq"}\n')
+    out = _make(repo, "refresh-bench")
+    assert (repo / "experiments/throughput/cpu/table.md").read_text() == "# new table\n"
+    assert (repo / "experiments/lra/bench_4k.jsonl").read_text() == '{"arm": "longvq"}\n'
+    assert "experiments/throughput/cpu/table.md" in out and "experiments/lra/bench_4k.jsonl" in out
+    assert "2 files changed" in out
+
+
+@pytest.mark.skipif(not shutil.which("make") or not shutil.which("git"), reason="needs make and git")
+def test_refresh_results_archives_new_runs_rebuilds_the_pages_and_shows_the_diff(tmp_path):
+    repo = _scratch_repo(tmp_path, ["experiments/mini", "experiments/recall"])
+    for seed in (0, 1):
+        fake_run(repo / "logs" / "multiruns" / "x", "tvq/mini_codebook", n_code=1024, seed=seed, bpb=3.0)
+    (repo / "logs/results/recall").mkdir(parents=True)
+    runs = (repo / "experiments/recall/runs.csv").read_text().splitlines(keepends=True)
+    (repo / "logs/results/recall/runs.csv").write_text("".join(runs[:40]))     # a new, smaller table
+    _make(repo, "results")                                                     # new runs, the record untouched
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert status == "" and "| 1024 | 2 | 200 | 3.0000" in (repo / "logs/results/mini/tables.md").read_text()
+    out = _make(repo, "refresh-results")
+    assert "?? experiments/mini/runs/vq-S1024-L64-cache_True-seed0/" in out          # the new runs, archived
+    assert "| 1024 | 2 | 200 | 3.0000" in (repo / "experiments/mini/tables.md").read_text()
+    assert "experiments/mini/tables.md" in out and "experiments/recall/results.csv" in out
+    assert (repo / "experiments/recall/runs.csv").read_text() == "".join(runs[:40])
