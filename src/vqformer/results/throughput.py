@@ -158,6 +158,7 @@ def markdown(result: dict) -> str:
                      f"{_fmt(r.get('minor_faults_per_step'), '.3g')} |")
     return "\n".join(lines) + "\n"
 
+
 def flop_params(bench: dict) -> dict[str, dict]:
     """n_code / block_len per config name (from the record's ``bench`` config), for each level's FLOP ratio."""
     out = {}
