@@ -190,7 +190,7 @@ def test_wandb_runs_become_records():
     assert rows[0]["arm"] == "vq" and rows[0]["mean"] == 1.01
 
 
-def test_wandb_project_gives_the_same_tables_as_the_local_runs(tmp_path):
+def test_wandb_project_gives_the_same_tables_as_the_local_runs(tmp_path, monkeypatch):
     """The same finished runs, read from their run directories or from a W&B project holding what the W&B
     logger uploaded (the resolved config, the logged history, the summary), give identical tables."""
     local = [fake_run(tmp_path, "tvq/mini_codebook", n_code=s, seed=seed, bpb=2.0 + s / 1000 + seed / 100)
@@ -220,6 +220,15 @@ def test_wandb_project_gives_the_same_tables_as_the_local_runs(tmp_path):
         assert to_markdown(spec, summarize(spec, from_wandb)) == to_markdown(spec, summarize(spec, from_disk))
     assert [r["curves"] for r in from_wandb] == [r["curves"] for r in from_disk]
     assert len(summarize(SPEC["mini_codebook"], from_wandb)) == 2
+    # The CLI: the project's runs alone (--no-local) give the tables the run directories give.
+    import wandb
+    monkeypatch.setattr(wandb, "Api", Api)
+    main(["--wandb-project", "p", "--no-local", "--logs", str(tmp_path), "--out", str(tmp_path / "w")])
+    main(["--logs", str(tmp_path), "--archive", str(tmp_path / "none"), "--out", str(tmp_path / "l")])
+    tables = lambda d: (d / "tables.md").read_text().split("\n", 3)[3]
+    assert tables(tmp_path / "w") == tables(tmp_path / "l") and "| 16 | 2 | 200 |" in tables(tmp_path / "w")
+    with pytest.raises(SystemExit, match="--no-local reads only a W&B project"):
+        main(["--no-local"])
 
 
 def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):

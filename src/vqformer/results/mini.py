@@ -2,6 +2,7 @@
 
     python -m vqformer.results mini                      # committed archive + logs/ -> logs/results/mini/
     python -m vqformer.results mini --wandb-project vqformer [--wandb-entity ME]   # add a W&B project's runs
+    python -m vqformer.results mini --wandb-project vqformer --no-local            # that project's runs only
     python -m vqformer.results mini --archive-new --out experiments/mini           # make refresh-results
 
 By default nothing under ``experiments/`` is written: the committed archive is read, new runs come from
@@ -43,9 +44,12 @@ def main(argv=None) -> None:
                     help="first copy the mini runs found under --logs into --archive (the committed record)")
     ap.add_argument("--wandb-project", help="also read the finished runs of this W&B project")
     ap.add_argument("--wandb-entity")
+    ap.add_argument("--no-local", action="store_true", help="read no run directories (with --wandb-project)")
     args = ap.parse_args(argv)
+    if args.no_local and (args.archive_new or not args.wandb_project):
+        raise SystemExit("--no-local reads only a W&B project: give --wandb-project, and not --archive-new")
 
-    new = {d: load_run(d) for d in run_dirs([args.logs])}
+    new = {} if args.no_local else {d: load_run(d) for d in run_dirs([args.logs])}
     if args.archive_new:
         for run_dir, rec in new.items():
             if "mini" in rec["tags"]:
@@ -53,7 +57,8 @@ def main(argv=None) -> None:
     # A run in logs/ comes first and replaces the archived run of the same folder name (a rerun of that job).
     records = list(new.values())
     names = {d.name for d, rec in new.items() if "mini" in rec["tags"]}
-    records += [load_run(d) for d in run_dirs([args.archive]) if d.name not in names]
+    if not args.no_local:
+        records += [load_run(d) for d in run_dirs([args.archive]) if d.name not in names]
     if args.wandb_project:
         records += load_wandb(args.wandb_project, args.wandb_entity)
     print(f"[results] {len(records)} finished runs")
