@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 HARDWARE ?= cpu
 ARGS ?=
+# New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
+OUT ?= logs
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench clean-logs
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -52,15 +54,27 @@ mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 14 runs, ~1 h on 
 	for e in $(MINI); do $(PY) -m vqformer.train -m experiment=tvq/$$e hardware=$(HARDWARE) $(ARGS) || exit 1; done
 	$(MAKE) results
 
-results: install ## runs -> tables and plots under experiments/mini (from logs/ and the committed archive)
-	$(PY) -m vqformer.results $(ARGS)
+FAMILY ?= mini
+results: install ## runs (logs/ + the committed archive) -> tables and plots under $(OUT)/results/mini; FAMILY=recall|lra|throughput|...
+	$(PY) -m vqformer.results $(FAMILY) --out $(OUT)/results/$(FAMILY) $(ARGS)
 
-bench: install ## throughput benchmark, reduced CPU grid (< 20 min); bench=cpu or bench=gpu for the full grid
-	$(PY) -m vqformer.bench bench=cpu_quick $(ARGS)
+bench: install ## throughput benchmark, reduced CPU grid (< 20 min) -> $(OUT)/bench/cpu; ARGS=bench=gpu for the GPU grid
+	$(PY) -m vqformer.bench bench=cpu_quick out_root=$(OUT)/bench $(ARGS)
+
+refresh-results: install ## write the newest tables into the committed pages (experiments/mini, experiments/recall) and show what changed
+	$(PY) -m vqformer.results mini --logs logs --archive-new --out experiments/mini
+	if [ -f $(OUT)/results/recall/runs.csv ]; then $(PY) -m vqformer.results recall --from-csv $(OUT)/results/recall/runs.csv --out experiments/recall; fi
+	if [ -f $(OUT)/results/recall/ablations/runs.csv ]; then $(PY) -m vqformer.results recall --from-csv $(OUT)/results/recall/ablations/runs.csv --out experiments/recall/ablations; fi
+	git status --short -- experiments; git diff --stat -- experiments
+
+refresh-bench: ## copy the newest benchmark results ($(OUT)/bench/<device_tag>, lra_4k) into experiments/ and show what changed
+	for d in $(OUT)/bench/*/; do name=$$(basename $$d); if [ -f $$d/results.json ]; then mkdir -p experiments/throughput/$$name && cp -p $$d/* experiments/throughput/$$name/; fi; done
+	if [ -f $(OUT)/bench/lra_4k/points.jsonl ]; then cp $(OUT)/bench/lra_4k/points.jsonl experiments/lra/bench_4k.jsonl; fi
+	git status --short -- experiments; git diff --stat -- experiments
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs
 
-recall: install ## MQAR recall benchmarks and OVQ ablations (experiments/recall): train every arm x 2 seeds, tables, plots
+recall: install ## MQAR recall benchmarks and OVQ ablations: train every arm x 2 seeds, tables, plots -> $(OUT)/results/recall
 	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 $(ARGS) && $(PY) -m vqformer.train -m experiment=recall/ovq_ablations $(ARGS)
-	$(PY) -m vqformer.recall_table --runs logs/multiruns/recall/mqar_L64_D4 --out experiments/recall --lengths 1024:16,4096:16 --passkey 1024,4096,16384,65536 --ovq-n-max 16,256 && $(PY) -m vqformer.recall_table --runs logs/multiruns/recall/ovq_ablations --out experiments/recall/ablations --lengths 1024:16,4096:16
+	$(PY) -m vqformer.results recall --runs logs/multiruns/recall/mqar_L64_D4 --out $(OUT)/results/recall --lengths 1024:16,4096:16 --passkey 1024,4096,16384,65536 --ovq-n-max 16,256 && $(PY) -m vqformer.results recall --runs logs/multiruns/recall/ovq_ablations --out $(OUT)/results/recall/ablations --lengths 1024:16,4096:16

@@ -16,8 +16,10 @@ from vqformer.benchmark.arms import build_step, predicted_memory
 from vqformer.benchmark.grid import (attention_flops, extrapolate, flop_ratio, length_grid, plan_point,
                                      refit_repeats)
 from vqformer.benchmark.memory import cpu_step_memory, probe_subprocess
-from vqformer.benchmark.report import COLUMNS, ratios, targets
+from vqformer.benchmark.report import COLUMNS
 from vqformer.benchmark.runner import resolve_device
+from vqformer.results import throughput
+from vqformer.results.throughput import ratios, targets
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_LAYER = "{d_model: 32, d_k: 16, d_v: 64, n_code: 16, block_len: 16, vocab_size: 259}"
@@ -171,6 +173,8 @@ def test_tiny_run_writes_every_output(tmp_path):
     # a memory budget that the quadratic arm's analytic guard exceeds at T=128 (327 KiB > ~210 KiB)
     cfg = bench_cfg(*TINY, "bench.mem_budget_gb=0.0002", f"out_dir={tmp_path}")
     result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
+    assert {p.name for p in tmp_path.iterdir()} == {"points.csv", "results.json", "profile_vq_kernel_T64.txt"}
+    throughput.write(result, tmp_path)      # what python -m vqformer.bench does next
     for name in ("points.csv", "results.json", "table.md", "throughput.png", "profile_vq_kernel_T64.txt"):
         assert (tmp_path / name).stat().st_size > 0, name
     with open(tmp_path / "points.csv") as f:

@@ -74,7 +74,7 @@ def test_bad_recall_config_fails_naming_the_key(tmp_path, override, key):
 
 
 def test_recall_table_collects_runs_and_evaluates_longer_lengths(tmp_path):
-    from vqformer.recall_table import main
+    from vqformer.results.recall import main
 
     train(cfg_for(tmp_path, "model=recall_sw_ovq", "trainer.max_steps=2"), tmp_path / "runs" / "a")
     main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--lengths", "128:4",

@@ -9,8 +9,11 @@ linear-time blockwise algorithm). One concept per module:
 * ``arms``     the steps: kernel (vq / sdpa / quadratic), layer (AttentionUnit), model (training step),
 * ``runner``   the loop over levels × lengths × arms,
 * ``machine``  hardware / software / commit record,
-* ``report``   CSV, JSON, markdown table with ratios and targets; ``plot`` the PNG; ``profile`` the
-  torch.profiler table of the VQ kernel.
+* ``report``   the record on disk (points.csv, results.json); ``profile`` the torch.profiler table of the
+  VQ kernel.
+
+Ratios, targets, ``table.md`` and ``throughput.png`` are made from the record by ``vqformer.results.throughput``
+(``python -m vqformer.bench`` runs both).
 """
 from __future__ import annotations
 
@@ -20,24 +23,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
-def _params(b: DictConfig) -> dict[str, dict]:
-    """n_code / block_len per config name, for the FLOP ratio of each level."""
-    out = {}
-    if b.get("kernel"):
-        out["kernel"] = {"n_code": b.kernel.n_code, "block_len": b.kernel.block_len}
-    if b.get("layer"):
-        out["layer"] = dict(OmegaConf.to_container(b.layer.model, resolve=True))
-    if b.get("model"):
-        for name, c in b.model.configs.items():
-            out[name] = dict(OmegaConf.to_container(c.model, resolve=True))
-    return out
-
-
 def run(cfg: DictConfig, out_dir: Path, command: str = "", log=print) -> dict:
-    """Run the configured benchmark and write points.csv, results.json, table.md, throughput.png
-    (and the profiler table) into ``out_dir``. Returns the result dict that results.json holds."""
+    """Run the configured benchmark and write its record, points.csv and results.json (and the profiler
+    table), into ``out_dir``. Returns the result dict that results.json holds."""
     from ..provenance import git_commit
-    from . import machine, plot, report
+    from . import machine, report
     from .runner import resolve_device, run_benchmark
 
     b = cfg.bench
@@ -65,13 +55,6 @@ def run(cfg: DictConfig, out_dir: Path, command: str = "", log=print) -> dict:
     except OSError:
         pass
     result = {"meta": meta, "config": OmegaConf.to_container(b, resolve=True), **res, "profile": prof}
-    result["ratios"] = report.ratios(result["points"], _params(b))
-    result["targets"] = report.targets(result["points"], result["ratios"])
     paths = report.write(result, out_dir)
-    paths["png"] = plot.plot(result["points"], out_dir / "throughput.png",
-                             title=f"{meta.get('gpu') or meta.get('cpu_model')} · {b.dtype} · torch {meta['torch']}"
-                                   f" · {meta['torch_threads']} thread(s) · commit {meta['git'].get('commit')}")
-    for t in result["targets"]:
-        log(f"[bench] target: {t['target']}: {t['status']}")
     log(f"[bench] wrote {', '.join(str(p) for p in paths.values())}")
     return result

@@ -1,5 +1,5 @@
-"""Runs -> tables -> plots (``python -m vqformer.results``; ``make results``).
-
-``collect`` reads finished runs (local run directories, or a W&B project), ``tables`` turns them into one
-table per experiment group (mean and spread over seeds), ``plots`` draws one figure per comparison.
+"""Every table and plot the repository publishes, one module per table family (``python -m vqformer.results
+<family>``; see ``__main__``): ``mini`` (language-model tables: ``collect`` reads finished runs from run
+directories or a W&B project, ``tables`` makes one table per experiment group, ``plots`` one figure per
+comparison), ``recall``, ``lra`` / ``lra_baseline``, ``throughput``. What the papers report is in ``paper``.
 """

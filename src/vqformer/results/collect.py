@@ -76,7 +76,8 @@ def load_wandb(project: str, entity: str | None = None, api=None) -> list[dict]:
             continue
         rows = [{"step": str(r.get("trainer/global_step", r.get("_step", 0))),
                  **{k: (None if r.get(k) is None else str(r[k])) for k in CURVES}} for r in run.scan_history()]
-        final = {"step": run.summary.get("step"), "val/bpb": run.summary.get("val/bpb"),
-                 "val/loss": run.summary.get("val/loss")}
+        # The DONE marker's "step" is the trainer's final global step, which W&B keeps as trainer/global_step.
+        step = run.summary.get("step", run.summary.get("trainer/global_step"))
+        final = {"step": step, "val/bpb": run.summary.get("val/bpb"), "val/loss": run.summary.get("val/loss")}
         records.append(_record(dict(run.config), final, rows, f"wandb:{path}/{run.id}"))
     return records

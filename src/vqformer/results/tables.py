@@ -7,6 +7,8 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
+from . import paper
+
 
 @dataclass
 class TableSpec:
@@ -30,25 +32,19 @@ class TableSpec:
 MINI = dict(tags="mini", data="wiki_sample")
 SPECS = [
     TableSpec("mini_codebook", "Codebook size S (CPU mini, wiki_sample)", "n_code",
-              dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64,
-              "§5.1.1 (unverified recall): enwik8 val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+              dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64, paper.TABLE_NOTES["codebook"]),
     TableSpec("mini_cache", "Compressive cache (CPU mini, wiki_sample, S = 64)", "agg_cache",
-              dict(MINI, attn_type="vq", n_code=64, block_len=64), True,
-              "§5.1.2: enwik8 val bpb 1.010 with the cache, 1.026 without (S = 256)"),
+              dict(MINI, attn_type="vq", n_code=64, block_len=64), True, paper.TABLE_NOTES["cache"]),
     TableSpec("mini_quadratic", "Transformer-VQ vs quadratic attention (CPU mini, wiki_sample)", "attn_type",
-              dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq",
-              "no same-size quadratic row on enwik8 is known (docs/transformer_vq.md §5.2)"),
+              dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq", paper.TABLE_NOTES["quadratic"]),
     TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
-              dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, "not a paper table"),
+              dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, paper.TABLE_NOTES["block"]),
     TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",
-              dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq",
-              "Transformer-VQ 0.99 test bpb (abstract)"),
+              dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq", paper.TABLE_NOTES["enwik8"]),
     TableSpec("ablation_codebook", "enwik8 codebook-size ablation", "n_code",
-              dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512,
-              "§5.1.1 (unverified recall): val bpb 1.010 / 1.005 / 1.000 at S = 256 / 512 / 1024"),
+              dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512, paper.TABLE_NOTES["codebook"]),
     TableSpec("ablation_cache", "enwik8 compressive-cache ablation (S = 256)", "agg_cache",
-              dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True,
-              "§5.1.2: val bpb 1.010 with, 1.026 without"),
+              dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True, paper.TABLE_NOTES["cache"]),
 ]
 
 

@@ -1,20 +1,23 @@
 """Bag-of-tokens baselines for a cached LRA token task: token counts -> linear / one-hidden-layer MLP.
 
 Usage (after the LongVQ run has prepared the same data):
-    PYTHONPATH=src python experiments/lra/bag_of_tokens.py --root data --task listops --max-len 100 \
+    python -m vqformer.results lra-baseline --root data --task listops --max-len 100 \
         --generator '{"seed":0,"n_train":20000,"n_val":1000,"n_test":1000,"min_len":20,"max_len":100,"max_depth":10,"max_args":10}'
-Prints a JSON line with validation and test accuracy of each baseline and of the majority class.
+Prints a JSON line with validation and test accuracy of each baseline and of the majority class, and writes it
+to ``<out>/<task>_bag_of_tokens.json`` (default out: ``logs/results/lra``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqformer.data.lra.datamodule import LRADataModule
+from ..data.files import atomic_write_text
+from ..data.lra.datamodule import LRADataModule
 
 
 def counts(ds, vocab):
@@ -43,15 +46,23 @@ def fit(model, x, y, xv, yv, steps=3000, lr=1e-2, seed=0):
     return model
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m vqformer.results lra-baseline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="data")
     ap.add_argument("--task", default="listops")
     ap.add_argument("--max-len", type=int, default=None)
-    ap.add_argument("--generator", default="{}")
-    a = ap.parse_args()
+    ap.add_argument("--generator", default="{}", help="the data config's generator keys, as JSON")
+    ap.add_argument("--out", type=Path, default=Path("logs/results/lra"),
+                    help="folder of <task>_bag_of_tokens.json (default: logs/results/lra)")
+    a = ap.parse_args(argv)
+    try:
+        generator = json.loads(a.generator)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--generator is not JSON ({e}): {a.generator!r}") from None
+    out_path = a.out / f"{a.task}_bag_of_tokens.json"
     torch.set_num_threads(1)
-    dm = LRADataModule(task=a.task, root=a.root, batch_size=1, max_len=a.max_len, generator=json.loads(a.generator))
+    dm = LRADataModule(task=a.task, root=a.root, batch_size=1, max_len=a.max_len, generator=generator)
     dm.prepare_data()
     dm.setup()
     vocab = dm.spec.vocab_size
@@ -69,8 +80,7 @@ def main():
         with torch.no_grad():
             out[name] = {"val": (m(xv).argmax(-1) == yv).float().mean().item(),
                          "test": (m(xt).argmax(-1) == yt).float().mean().item()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, json.dumps(out) + "\n")
     print(json.dumps(out))
-
-
-if __name__ == "__main__":
-    main()
+    print(f"[results] wrote {out_path}")

@@ -1,8 +1,9 @@
 """Recall results: collect finished recall runs, evaluate them at longer lengths, write the table and the
 recall–memory plot (docs/ovq.md §2.1–2.2: accuracy against the bytes of state a layer keeps per sequence).
 
-    python -m vqformer.recall_table --runs logs/multiruns/recall --out experiments/recall \
+    python -m vqformer.results recall --runs logs/multiruns/recall [--out logs/results/recall] \
         [--lengths 1024:16,4096:16 --passkey 1024,65536 --ovq-n-max 16,256 --n-examples 64]
+    python -m vqformer.results recall --from-csv experiments/recall/runs.csv    # re-plot a recorded table
 
 Each run directory holds ``config.yaml`` and the ``DONE`` metrics of ``vqformer.lit.runner.train``. Rows:
 ``source=val`` are the logged validation accuracies per test segment; ``source=lengthgen`` re-evaluates the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import statistics
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+
+from ..data.files import atomic_write_text
 
 FIELDS = ["experiment", "arm", "d_model", "seed", "source", "L", "D", "acc", "state_bytes", "run"]
 
@@ -46,12 +50,12 @@ def arm_name(m) -> str:
 
 
 def _model(cfg):
-    from .nn import TransformerVQ, TransformerVQConfig
+    from ..nn import TransformerVQ, TransformerVQConfig
     return TransformerVQ(TransformerVQConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
 
 
 def set_ovq_n_max(model, n: int) -> None:
-    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob, §1.2)."""
+    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob; docs/ovq.md)."""
     model.cfg.ovq_n_max = n
     for u in model.units:
         if u.ovq_opts is not None:
@@ -60,8 +64,8 @@ def set_ovq_n_max(model, n: int) -> None:
 
 def _datasets(cfg, segments, passkeys, n_examples):
     """(source, L, D, inputs, labels) for the MQAR segments L:D and the passkey lengths, seeded by the run."""
-    from .data.mqar import MQARSegment, load_segment
-    from .data.passkey import passkey
+    from ..data.mqar import MQARSegment, load_segment
+    from ..data.passkey import passkey
 
     for i, (L, D) in enumerate(segments):
         x, y = load_segment(None, MQARSegment(L, D, n_examples), "test", 1000 + i, vocab_size=cfg.data.vocab_size,
@@ -78,7 +82,7 @@ def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples
                      ovq_n_max: int | None = None, passkeys: list[int] = (), max_quadratic_len: int = 16384):
     """Accuracy of a run's checkpoint on each generated set; models with full-attention units skip lengths
     above ``max_quadratic_len`` (minutes per example at 64k on one CPU thread)."""
-    from .lit.recall_module import RecallModule
+    from ..lit.recall_module import RecallModule
 
     module = RecallModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     if ovq_n_max:
@@ -188,33 +192,39 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in fields})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in fields})
+    atomic_write_text(path, buf.getvalue())
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m vqformer.results recall", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=Path("logs/multiruns/recall"))
-    p.add_argument("--out", type=Path, default=Path("experiments/recall"))
+    p.add_argument("--out", type=Path, default=Path("logs/results/recall"),
+                   help="runs.csv, results.csv and recall_memory.png go here (default: logs/results/recall)")
     p.add_argument("--lengths", default="", help="extra MQAR test segments L:D,L:D evaluated from checkpoints")
     p.add_argument("--n-examples", type=int, default=64)
-    p.add_argument("--from-csv", action="store_true", help="redo the summary and plot from <out>/runs.csv")
+    p.add_argument("--from-csv", type=Path, metavar="RUNS_CSV",
+                   help="redo the summary and plot from a runs.csv written before (no runs are read)")
     p.add_argument("--passkey", default="", help="passkey lengths evaluated from checkpoints, e.g. 1024,65536")
     p.add_argument("--ovq-n-max", default="", help="also evaluate OVQ runs with these test-time n_max, e.g. 16,256")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     lengths = [tuple(int(v) for v in s.split(":")) for s in a.lengths.split(",") if s]
     if a.from_csv:
-        with open(a.out / "runs.csv") as f:
+        if not a.from_csv.is_file():
+            raise SystemExit(f"--from-csv: {a.from_csv} is not a file (a runs.csv written by this command)")
+        with open(a.from_csv) as f:
             rows = list(csv.DictReader(f))
     else:
         rows = collect(a.runs, lengths, a.n_examples, [int(n) for n in a.ovq_n_max.split(",") if n],
                        [int(n) for n in a.passkey.split(",") if n])
     if not rows:
-        raise SystemExit(f"no finished recall runs under {a.runs}")
+        raise SystemExit(f"no finished recall runs in {a.from_csv or a.runs}")
     a.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, a.out / "runs.csv", FIELDS)
     summary = summarize(rows)
@@ -224,7 +234,3 @@ def main(argv=None) -> None:
         print(f'{s["experiment"]:<24} {s["arm"]:<14} d={s["d_model"]:<4} {s["source"]:<9} L={s["L"]:<5} D={s["D"]:<4} '
               f'acc {s["acc_mean"]:.3f} [{s["acc_min"]:.3f}, {s["acc_max"]:.3f}] n={s["seeds"]} '
               f'state {s["state_bytes"]} B')
-
-
-if __name__ == "__main__":
-    main()
