@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqformer.nn import TransformerVQ, TransformerVQConfig
+from vqformer.models import TransformerVQ, TransformerVQConfig
 
 TINY = dict(vocab_size=11, d_model=8, d_k=4, d_v=6, n_layer=2, n_code=5, block_len=4)
 T = 16                                     # four blocks of 4

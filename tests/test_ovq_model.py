@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqformer.nn import TransformerVQ, TransformerVQConfig
+from vqformer.models import TransformerVQ, TransformerVQConfig
 from vqformer.nn.local_attention import LocalAttentionState
 from vqformer.nn.ovq import OVQState
 

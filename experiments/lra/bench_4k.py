@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from vqformer.benchmark.memory import cpu_step_memory
 from vqformer.benchmark.timing import time_once
 from vqformer.nn.longvq import LongVQBlock
-from vqformer.nn.longvq_model import LongVQClassifier, LongVQConfig
+from vqformer.models.longvq import LongVQClassifier, LongVQConfig
 from vqformer.provenance import git_commit
 
 ARMS = {"longvq": {"attn_type": "vq"}, "mega_chunk": {"attn_type": "chunk"}, "mega": {"attn_type": "full"},

@@ -9,7 +9,7 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from .nn import TransformerVQConfig
+from .models import TransformerVQConfig
 
 
 def short_dirname(name: str, max_len: int = 120) -> str:

@@ -46,7 +46,7 @@ def arm_name(m) -> str:
 
 
 def _model(cfg):
-    from .nn import TransformerVQ, TransformerVQConfig
+    from .models import TransformerVQ, TransformerVQConfig
     return TransformerVQ(TransformerVQConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
 
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .attention import ATTN_TYPES, HEAD_TYPES, MLP, AttentionUnit, dense
-from .functional import KERNELS, _TensorState
-from .norm import RMSNorm
-from .position import sin_emb
+from ..nn.attention import ATTN_TYPES, HEAD_TYPES, MLP, AttentionUnit, dense
+from ..nn.functional import KERNELS, _TensorState
+from ..nn.norm import RMSNorm
+from ..nn.position import sin_emb
 
 
 @dataclass
@@ -91,7 +91,7 @@ class TransformerVQConfig:
         for name in ("swa_window", "ovq_n_max", "ovq_chunk_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
-        from .ovq import GROWTH, READS, SEEDING, STEPS
+        from ..nn.ovq import GROWTH, READS, SEEDING, STEPS
         for name, allowed in (("ovq_growth", GROWTH), ("ovq_seeding", SEEDING), ("ovq_step", STEPS),
                               ("ovq_read", READS)):
             if getattr(self, name) not in allowed:
