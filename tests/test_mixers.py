@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import Tensor
 
 from test_train import read_metrics, tiny_cfg
@@ -16,7 +18,7 @@ from vqformer.config import ConfigError, model_config
 from vqformer.lit.checkpoint import load_module
 from vqformer.lit.runner import DONE, train
 from vqformer.models import TransformerVQ
-from vqformer.nn.mixers import MIXERS, Mixer, MixerConfig, MixerOutput, invalid, register_mixer
+from vqformer.nn.mixers import MIXERS, Mixer, MixerConfig, MixerOutput, invalid, mixers_schema, register_mixer
 
 
 @dataclass
@@ -127,3 +129,18 @@ def test_the_registry_refuses_a_second_mixer_of_the_same_name_and_untyped_config
         register_mixer("untyped")(type("Untyped", (Mixer,), {"config_class": dict}))
     assert "untyped" not in MIXERS
     assert set(MIXERS) >= {"vq", "full", "swa", "ovq", "toy_mean"}
+
+
+def test_the_mixers_schema_types_every_registered_knob_for_a_structured_config():
+    """What a Hydra ConfigStore schema of ``model.mixer`` checks at composition time, the new mixer included."""
+    schema = OmegaConf.structured(mixers_schema())
+    assert schema.toy_mean.decay == 1.0 and schema.ovq.n_max == 64 and schema.swa.window == 64
+    with pytest.raises(ValidationError):
+        schema.toy_mean.decay = "high"
+    with pytest.raises(ConfigKeyError, match="nmax"):
+        OmegaConf.merge(schema, {"ovq": {"nmax": 3}})
+    merged = OmegaConf.merge(schema, {"toy_mean": {"decay": 0.5}})
+    from vqformer.models import TransformerVQConfig
+    cfg = TransformerVQConfig(vocab_size=11, d_model=8, d_k=4, d_v=6, n_layer=1, n_code=5, block_len=4,
+                              attn_type="toy_mean", mixer=OmegaConf.to_container(merged))
+    assert cfg.mixer["toy_mean"] == MeanConfig(decay=0.5)

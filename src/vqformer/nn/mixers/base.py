@@ -126,5 +126,12 @@ def mixer_class(name: str, key: str = "model.attn_type") -> type[Mixer]:
     return MIXERS[name]
 
 
+def mixers_schema() -> type:
+    """A dataclass with one field per registered mixer, its config with defaults: the typed schema of
+    ``model.mixer`` for a structured config (Hydra's ConfigStore), built once every mixer is registered."""
+    return dataclasses.make_dataclass("MixerConfigs", [(name, cls.config_class, dataclasses.field(
+        default_factory=cls.config_class)) for name, cls in sorted(MIXERS.items())])
+
+
 __all__ = ["HeadDims", "MIXERS", "Mixer", "MixerConfig", "MixerOutput", "check_types", "invalid", "mixer_class",
-           "register_mixer"]
+           "mixers_schema", "register_mixer"]
