@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..nn.attention import HEAD_TYPES, MLP, AttentionUnit
-from ..nn.functional import KERNELS, _TensorState
+from ..nn.functional import KERNELS
 from ..nn.linear import dense
 from ..nn.mixers import MIXERS, MixerConfig, check_types, mixer_class
 from ..nn.norm import RMSNorm
@@ -153,7 +153,7 @@ class TransformerVQConfig:
 
 
 @dataclass
-class DecoderState(_TensorState):
+class DecoderState:
     """Per-unit attention states and the absolute position, carried across windows and sampling steps."""
     pos: int = 0
     units: list = field(default_factory=list)
