@@ -16,7 +16,7 @@ and the result tables) and ``layer_pattern`` pick mixers by name from the regist
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -78,8 +78,10 @@ class TransformerVQConfig:
     def validate(self) -> None:
         def bad(name, allowed):
             raise ValueError(f"model.{name}={getattr(self, name)!r} is invalid: {allowed}")
-        if self.layer_pattern is not None and isinstance(self.layer_pattern, (list, tuple)):
-            self.layer_pattern = list(self.layer_pattern)
+        if isinstance(self.layer_pattern, Sequence) and not isinstance(self.layer_pattern, str):
+            self.layer_pattern = list(self.layer_pattern)   # tuples and OmegaConf nodes too
+        if isinstance(self.mixer, Mapping):
+            self.mixer = dict(self.mixer)
         check_types(self, "model.")
         for name in ("vocab_size", "d_model", "d_k", "d_v", "n_layer", "n_code", "block_len"):
             if getattr(self, name) < 1:
