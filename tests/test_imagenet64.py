@@ -196,7 +196,7 @@ def test_experiment_imagenet64_runs_and_samples_a_png(tmp_path, single_thread):
 
 def test_sampled_pixels_follow_the_model_distribution(single_thread):
     """The first subpixel after EOS is drawn from the model's softmax over byte tokens only (specials excluded)."""
-    from vqformer.nn import TransformerVQ, TransformerVQConfig
+    from vqformer.models import TransformerVQ, TransformerVQConfig
     from vqformer.sample_images import sample_images
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vqformer.nn.ema import S4D, DampedEMA
-from vqformer.nn.longvq_model import LongVQClassifier, LongVQConfig, LongVQDecoder
+from vqformer.models.longvq import LongVQClassifier, LongVQConfig, LongVQDecoder
 from vqformer.nn.vq_bidirectional import (bidir_attention_reference, chunk_attention, vq_attention_bidir,
                                           window_span)
 

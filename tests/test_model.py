@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqformer.nn import TransformerVQ, TransformerVQConfig
+from vqformer.models import TransformerVQ, TransformerVQConfig
 
 TINY = dict(vocab_size=11, d_model=8, d_k=4, d_v=6, n_layer=2, n_code=5, block_len=4)
 T = 16                                     # four blocks of 4
@@ -154,6 +154,10 @@ def test_layerdrop_masks_are_shared_across_windows_of_one_batch():
     ("mem_len", 8, ["mem_len", "block_len"]),
     ("block_len", 0, ["block_len"]),
     ("p_droplyr", 1.5, ["p_droplyr"]),
+    ("n_code", "abc", ["model.n_code='abc'", "int"]),
+    ("d_k", 15.0, ["model.d_k=15.0", "int"]),
+    ("e_tie", 1, ["model.e_tie=1", "bool"]),
+    ("mixer", ["vq"], ["model.mixer", "dict"]),
 ])
 def test_invalid_config_names_the_field(field, value, needles):
     with pytest.raises(ValueError) as err:

@@ -208,3 +208,28 @@ def test_statistics_when_one_code_takes_everything():
     assert stats["unused_codes"].item() == 3
     torch.testing.assert_close(stats["code_perplexity"].item(), 1.0, atol=1e-6, rtol=0)
     assert stats["rel_quant_error"].item() < 1e-6
+
+
+def test_mask_keeps_pads_out_of_everything_but_the_quantized_keys():
+    """A masked call (LongVQ's padded batches) equals an unmasked call on the real tokens alone: the same codes
+    and k̂ at real positions, commit loss (mean over real positions), statistics and EMA accumulators; the
+    commit loss sends no gradient to pads."""
+    lengths = (5, 2, 7)
+    k = torch.randn(3, 2, 7, 3, dtype=F64, requires_grad=True)
+    mask = torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]
+    masked = quantizer().train()
+    out = masked(k, mask)
+    real = torch.cat([k[b, :, :n] for b, n in enumerate(lengths)], 1)[None]     # [1,H,14,Dk]
+    alone = quantizer().train()
+    ref = alone(real)
+    torch.testing.assert_close(torch.cat([out.k_hat[b, :, :n] for b, n in enumerate(lengths)], 1)[None], ref.k_hat,
+                               atol=0, rtol=0)
+    assert torch.equal(torch.cat([out.codes[b, :, :n] for b, n in enumerate(lengths)], 1)[None], ref.codes)
+    torch.testing.assert_close(out.commit_loss, ref.commit_loss, atol=1e-12, rtol=0)
+    for name in ref.stats:
+        torch.testing.assert_close(out.stats[name], ref.stats[name], atol=1e-6, rtol=0, msg=name)
+    torch.testing.assert_close(masked.acc_count, alone.acc_count, atol=0, rtol=0)
+    torch.testing.assert_close(masked.acc_sum, alone.acc_sum, atol=1e-12, rtol=0)
+    assert masked.acc_count.sum() == 2 * sum(lengths)
+    (g,) = torch.autograd.grad(out.commit_loss, k)
+    assert (g[~mask[:, None, :].expand(-1, 2, -1)] == 0).all() and g.abs().sum() > 0

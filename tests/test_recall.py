@@ -65,7 +65,8 @@ def test_accuracy_counts_only_query_positions(tmp_path):
     (["data.test_segments=[{input_seq_len:32,num_kv_pairs:9,num_examples:8}]"], "data.test_segments"),
     (["data.train_segments=[]"], "data.train_segments"),
     (["model.block_len=24"], "model.block_len"),
-    (["model.ovq_growth=exp", "model=recall_sw_ovq"], "model.ovq_growth"),
+    (["model.mixer.ovq.growth=exp", "model=recall_sw_ovq"], "model.mixer.ovq.growth"),
+    (["+model.ovq_n_max=8", "model=recall_sw_ovq"], "model.ovq_n_max is now model.mixer.ovq.n_max"),
     (["update_len=0"], "update_len"),
 ])
 def test_bad_recall_config_fails_naming_the_key(tmp_path, override, key):

@@ -9,7 +9,7 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from .nn import TransformerVQConfig
+from .models.transformer_vq import RENAMED, TransformerVQConfig
 
 
 def short_dirname(name: str, max_len: int = 120) -> str:
@@ -41,12 +41,15 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
 
 
 def model_config(cfg: DictConfig) -> TransformerVQConfig:
-    """The typed model config; its own validation names ``model.<field>``."""
+    """The typed model config; its own validation names ``model.<field>`` and ``model.mixer.<name>.<knob>``."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    unknown = set(kwargs) - set(TransformerVQConfig.__dataclass_fields__)
+    known = set(TransformerVQConfig.__dataclass_fields__)
+    unknown = set(kwargs) - known
+    moved = sorted(k for k in unknown if k in RENAMED)
+    if moved:
+        raise ConfigError("; ".join(f"model.{k} is now model.{RENAMED[k]}" for k in moved))
     if unknown:
-        raise ConfigError(f"model: unknown field(s) {sorted(unknown)}; "
-                          f"known: {sorted(TransformerVQConfig.__dataclass_fields__)}")
+        raise ConfigError(f"model: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     try:
         return TransformerVQConfig(**kwargs)
     except (TypeError, ValueError) as e:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..nn.attention import AttentionUnit
 from ..nn.functional import vq_attention
-from ..nn.model import TransformerVQ, TransformerVQConfig
+from ..models.transformer_vq import TransformerVQ, TransformerVQConfig
 from .grid import attention_flops
 
 KERNEL_ARMS = ("vq", "sdpa", "quadratic")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..models.longvq import LongVQClassifier, LongVQConfig
 from ..nn.longvq import LongVQBlock
-from ..nn.longvq_model import LongVQClassifier, LongVQConfig
 from ..provenance import git_commit
 from .memory import cpu_step_memory
 from .timing import time_once

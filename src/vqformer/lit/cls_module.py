@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..nn.longvq_model import LongVQClassifier, LongVQConfig
+from ..models.longvq import LongVQClassifier, LongVQConfig
 from ..optim import param_groups, warmup_cosine
 
 SCHEDULES = ("linear", "cosine")

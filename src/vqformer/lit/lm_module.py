@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..nn import TransformerVQ, TransformerVQConfig
+from ..models import TransformerVQ, TransformerVQConfig
 from ..optim import build_optimizer, schedule_end, warmup_cosine
 from .metrics import TokenNLL, derived, text_metrics
 

@@ -3,15 +3,11 @@ from . import functional
 from .attention import MLP, AttentionUnit
 from .functional import (FullAttentionState, VQAttentionState, full_attention, full_attention_reference,
                          vq_attention, vq_attention_reference)
-from .model import Aux, DecoderState, TransformerVQ, TransformerVQConfig
 from .quantizer import VectorQuantizer, VQOutput
 
 __all__ = ["functional", "MLP", "AttentionUnit", "FullAttentionState", "VQAttentionState", "full_attention",
-           "full_attention_reference", "vq_attention", "vq_attention_reference", "Aux", "DecoderState",
-           "TransformerVQ", "TransformerVQConfig", "VectorQuantizer", "VQOutput"]
+           "full_attention_reference", "vq_attention", "vq_attention_reference", "VectorQuantizer", "VQOutput"]
 from .ema import S4D, DampedEMA
-from .longvq_model import LongVQClassifier, LongVQConfig, LongVQDecoder
 from .vq_bidirectional import bidir_attention_reference, vq_attention_bidir
 
-__all__ += ["S4D", "DampedEMA", "LongVQClassifier", "LongVQConfig", "LongVQDecoder", "bidir_attention_reference",
-            "vq_attention_bidir"]
+__all__ += ["S4D", "DampedEMA", "bidir_attention_reference", "vq_attention_bidir"]

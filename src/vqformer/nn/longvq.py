@@ -96,30 +96,13 @@ class GatedVQAttention(nn.Module):
         M = self.cfg.max_len
         return self.rel_bias[M - T: M + T - 1]
 
-    def quantize(self, k: Tensor, mask: Tensor):
-        """Quantized keys with the STE, codes, commit loss and statistics over real tokens only.
-
-        The core ``VectorQuantizer`` supplies the codebook, the assignment and the EMA statistics; pads are
-        kept out of the EMA k-means and of the commit loss (mean over real tokens, as the core's mean over T).
-        """
-        qz = self.quantizer
-        codes = qz.assign(k[:, None])[:, 0]
-        c_z = qz.codebook[0].to(k.dtype)[codes]
-        k_hat = c_z.detach() + (k - k.detach())
-        err = (k - c_z.detach()).pow(2).sum(-1)
-        m = mask.to(err.dtype)
-        commit = (err * m).sum() / m.sum().clamp_min(1)
-        kr, zr = k.detach()[mask][None, None], codes[mask][None, None]
-        if self.training:
-            qz._accumulate(kr, zr)
-        return k_hat, codes, commit, qz._stats(kr, zr, err.detach()[mask][None, None])
-
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, reference: bool = False):
         """-> (O [B,T,v], commit loss, codebook stats). ``reference`` evaluates the O(T²) definition."""
         cfg, T = self.cfg, q.shape[1]
         commit, stats, codes = q.new_zeros(()), {}, None
-        if self.quantizer is not None:
-            k, codes, commit, stats = self.quantize(k, mask)
+        if self.quantizer is not None:   # one head; pads stay out of the commit loss and the EMA k-means
+            vq = self.quantizer(k[:, None], mask)
+            k, codes, commit, stats = vq.k_hat[:, 0], vq.codes[:, 0], vq.commit_loss, vq.stats
         bias = self._bias(T)
         if self.causal:
             q = q * cfg.z_dim ** -0.5

@@ -50,24 +50,39 @@ class VectorQuantizer(nn.Module):
              + c.pow(2).sum(-1)[None, :, None, :]).clamp_min(0)
         return d.argmin(-1)
 
-    def forward(self, k: Tensor) -> VQOutput:
+    def forward(self, k: Tensor, mask: Tensor | None = None) -> VQOutput:
+        """Quantize k [B,H,T,Dk]. ``mask`` [B,T] (True = real token) keeps pads out of the commit loss (a mean
+        over real positions), of the EMA statistics and of the codebook health; ``None``: every token is real."""
         codes = self.assign(k)
         c = self.codebook.to(k.dtype)
         c_z = torch.gather(c[None].expand(k.shape[0], -1, -1, -1), 2,
                            codes[..., None].expand(*codes.shape, self.d_k))
         k_hat = c_z.detach() + (k - k.detach())
         err = (k - c_z.detach()).pow(2).sum(-1)                     # [B,H,T]
-        commit = err.sum(1).mean()
+        if mask is None:
+            commit = err.sum(1).mean()
+        else:
+            m = mask.to(err.dtype)
+            commit = (err.sum(1) * m).sum() / m.sum().clamp_min(1)
+        # Per-token weights of the statistics: 1 for real tokens, 0 for pads.
+        w = None if mask is None else mask[:, None, :].expand_as(codes)
         if self.training and self.collect:
-            self._accumulate(k.detach(), codes)
-        return VQOutput(k_hat, codes, commit, self._stats(k.detach(), codes, err.detach()))
+            self._accumulate(k.detach(), codes, w)
+        return VQOutput(k_hat, codes, commit, self._stats(k.detach(), codes, err.detach(), w))
+
+    def _by_head(self, x: Tensor) -> Tensor:
+        """[B,H,T,...] -> [H, B·T, ...]."""
+        return x.transpose(0, 1).reshape(self.n_head, -1, *x.shape[3:])
 
     @torch.no_grad()
-    def _accumulate(self, k: Tensor, codes: Tensor) -> None:
-        H = self.n_head
-        z = codes.transpose(0, 1).reshape(H, -1)                      # [H, B·T]
-        kf = k.to(self.acc_sum.dtype).transpose(0, 1).reshape(H, -1, self.d_k)
-        self.acc_count.scatter_add_(1, z, torch.ones_like(z, dtype=self.acc_count.dtype))
+    def _accumulate(self, k: Tensor, codes: Tensor, w: Tensor | None) -> None:
+        z = self._by_head(codes)                                      # [H, B·T]
+        kf = self._by_head(k.to(self.acc_sum.dtype))
+        n = torch.ones_like(z, dtype=self.acc_count.dtype)
+        if w is not None:                                             # pads add zero keys to no count
+            n = self._by_head(w).to(n.dtype)
+            kf = kf * n[..., None]
+        self.acc_count.scatter_add_(1, z, n)
         self.acc_sum.scatter_add_(1, z[..., None].expand(-1, -1, self.d_k), kf)
 
     @torch.no_grad()
@@ -85,14 +100,15 @@ class VectorQuantizer(nn.Module):
         self.acc_sum.zero_()
 
     @torch.no_grad()
-    def _stats(self, k: Tensor, codes: Tensor, err: Tensor) -> dict:
-        usage = torch.bincount(codes.flatten() + self.n_code * torch.arange(
-            self.n_head, device=codes.device)[None, :, None].expand_as(codes).flatten(),
-            minlength=self.n_head * self.n_code).view(self.n_head, self.n_code).float()
-        p = usage / usage.sum(-1, keepdim=True)
+    def _stats(self, k: Tensor, codes: Tensor, err: Tensor, w: Tensor | None) -> dict:
+        weight = torch.ones_like(err, dtype=torch.float32) if w is None else w.float()   # exact counts under bf16
+        usage = torch.zeros(self.n_head, self.n_code, device=codes.device)
+        usage.scatter_add_(1, self._by_head(codes), self._by_head(weight))
+        p = usage / usage.sum(-1, keepdim=True).clamp_min(1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
+        rel = err.float().sqrt() / k.float().norm(dim=-1).clamp_min(1e-12)
         return {
             "code_perplexity": entropy.exp().mean(),                        # effective number of codes used
             "unused_codes": (usage == 0).float().sum(-1).mean(),
-            "rel_quant_error": (err.sqrt() / k.float().norm(dim=-1).clamp_min(1e-12)).mean(),
+            "rel_quant_error": (rel * weight).sum() / weight.sum().clamp_min(1),
         }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -33,33 +32,34 @@ FIELDS = ["experiment", "arm", "d_model", "seed", "source", "L", "D", "acc", "st
 
 def arm_name(m) -> str:
     """A short label of the attention arm from the model config."""
-    one = {"full": "full", "vq": f"tvq-{m.n_code}", "swa": f"swa-{m.swa_window}", "ovq": f"ovq-{m.ovq_n_max}"}
-    pattern = m.get("layer_pattern")
+    from ..models import TransformerVQConfig
+    cfg = TransformerVQConfig(**OmegaConf.to_container(m, resolve=True))
+    ovq = cfg.mixer_config("ovq")
+    one = {"full": "full", "vq": f"tvq-{cfg.n_code}", "swa": f"swa-{cfg.mixer_config('swa').window}",
+           "ovq": f"ovq-{ovq.n_max}"}
+    pattern = cfg.layer_pattern
     if not pattern:
-        return one[m.attn_type]
-    if list(pattern) == ["swa", "full"]:
-        return "sw-nope" if m.get("global_nope") else "sw-full"
-    if list(pattern) == ["swa", "vq"]:
-        return f"sw-vq-{m.n_code}"
-    if list(pattern) == ["swa", "ovq"]:
-        switches = [("ovq_local", False, "local"), ("ovq_growth", "saturating", None), ("ovq_seeding", "farthest", None),
-                    ("ovq_step", "count", None), ("ovq_read", "gmr", None)]
-        extra = "".join(f"-{tag or m.get(k)}" for k, default, tag in switches if m.get(k, default) != default)
-        return f"sw-ovq-{m.ovq_n_max}{extra}"
+        return one[cfg.attn_type]
+    if pattern == ["swa", "full"]:
+        return "sw-nope" if cfg.mixer_config("full").nope else "sw-full"
+    if pattern == ["swa", "vq"]:
+        return f"sw-vq-{cfg.n_code}"
+    if pattern == ["swa", "ovq"]:
+        switches = [("local", False, "local"), ("growth", "saturating", None), ("seeding", "farthest", None),
+                    ("step", "count", None), ("read", "gmr", None)]
+        extra = "".join(f"-{tag or getattr(ovq, k)}" for k, default, tag in switches if getattr(ovq, k) != default)
+        return f"sw-ovq-{ovq.n_max}{extra}"
     return "-".join(pattern)
 
 
 def _model(cfg):
-    from ..nn import TransformerVQ, TransformerVQConfig
+    from ..models import TransformerVQ, TransformerVQConfig
     return TransformerVQ(TransformerVQConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
 
 
 def set_ovq_n_max(model, n: int) -> None:
-    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob; docs/ovq.md)."""
-    model.cfg.ovq_n_max = n
-    for u in model.units:
-        if u.ovq_opts is not None:
-            u.ovq_opts = dataclasses.replace(u.ovq_opts, n_max=n)
+    """Change the dictionary capacity at test time (the OVQ paper's test-time memory knob, §1.2)."""
+    model.cfg.mixer_config("ovq").n_max = n      # the OVQ units read their knobs from this shared config
 
 
 def _datasets(cfg, segments, passkeys, n_examples):
@@ -128,8 +128,9 @@ def collect(runs: Path, lengths: list[tuple[int, int]], n_examples: int, ovq_n_m
             for src, L, D, acc in evaluate_lengths(run, cfg, lengths, n_examples, passkeys=passkeys):
                 rows.append(dict(base, source=src, L=L, D=D, acc=acc, state_bytes=model.state_bytes(L)))
             if "ovq" in model.cfg.layer_types():
+                trained = model.cfg.mixer_config("ovq").n_max
                 for n in ovq_n_max:
-                    if n == cfg.model.ovq_n_max:
+                    if n == trained:
                         continue
                     set_ovq_n_max(model, n)
                     label = dict(base, arm=f"{base['arm']}@{n}")

@@ -1,32 +1,46 @@
 """The Transformer-VQ decoder language model and its typed configuration.
 
 Spec: ``docs/transformer_vq.md``
-  §1.1  stack: N(0,1) embedding, optional absolute sinusoid scaled by a scalar initialised to 0,
-        ``n_layer`` layers (shga: two GAUs; mqa/mha: attention + MLP), optional final RMSNorm, tied or
-        untied output with bias, logits × ``e_scale``,
-  §1.5  dropouts, LayerDrop as a per-example mask on each residual branch rescaled by 1/(1-p),
-  §2    commit loss summed over attention units; EMA codebook update via ``update_codebooks()``.
-``docs/ovq.md`` §1.2–1.3: ``attn_type`` ovq | swa and ``layer_pattern`` (layer i uses
-``layer_pattern[i % len]``) for the SWA hybrids ``sw-ovq``, ``sw-vq`` and ``sw-nope`` (``global_nope``).
+  model  N(0,1) embedding, optional absolute sinusoid scaled by a scalar initialised to 0, ``n_layer`` layers
+         (shga: two GAUs; mqa/mha: attention + MLP), optional final RMSNorm, tied or untied output with bias,
+         logits × ``e_scale``; dropouts, LayerDrop as a per-example mask on each residual branch rescaled by
+         1/(1-p); the commit loss summed over attention units; EMA codebook update via ``update_codebooks()``.
+``docs/ovq.md`` (hybrids): ``layer_pattern`` (layer i uses ``layer_pattern[i % len]``) builds the SWA hybrids
+``sw-ovq``, ``sw-vq`` and ``sw-nope``.
+
+Config layout. The model's own knobs are flat and keep the official names (``n_code``, ``block_len``,
+``agg_cache``, ...: the codebook and block config groups set them and every mixer shares the block length,
+which sets the window granularity of training). ``attn_type`` (the official knob name, kept also by LongVQ
+and the result tables) and ``layer_pattern`` pick mixers by name from the registry ``vqformer.nn.mixers``;
+``mixer.<name>`` holds that mixer's own typed config (``model.mixer.ovq.n_max``, ``model.mixer.swa.window``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .attention import ATTN_TYPES, HEAD_TYPES, MLP, AttentionUnit, dense
-from .functional import KERNELS, _TensorState
-from .norm import RMSNorm
-from .position import sin_emb
+from ..nn.attention import HEAD_TYPES, MLP, AttentionUnit
+from ..nn.functional import KERNELS
+from ..nn.linear import dense
+from ..nn.mixers import MIXERS, MixerConfig, check_types, mixer_class
+from ..nn.norm import RMSNorm
+from ..nn.position import sin_emb
+
+# Flat keys of earlier versions and where they live now (named in the error for an old config).
+RENAMED = {"swa_window": "mixer.swa.window", "global_nope": "mixer.full.nope and mixer.vq.nope",
+           **{f"ovq_{k}": f"mixer.ovq.{k}" for k in ("n_max", "chunk_len", "growth", "growth_scale", "seeding", "step",
+                                                     "step_const", "read", "local", "beta", "beta_learned")}}
 
 
 @dataclass
 class TransformerVQConfig:
-    """Field names follow the official knobs (``scripts/lm_*.sh``, §4.1); defaults are the enwik8 model."""
+    """Field names follow the official knobs (``scripts/lm_*.sh``); defaults are the enwik8 model."""
     vocab_size: int = 259
     d_model: int = 768
     d_k: int = 128
@@ -34,7 +48,6 @@ class TransformerVQConfig:
     d_ff: int | None = None          # mqa/mha MLP width; None: 5·d_model (mqa) or 4·d_model (mha)
     n_layer: int = 24
     head_type: str = "shga"
-    attn_type: str = "vq"
     n_code: int = 512
     block_len: int = 512
     mem_len: int | None = None       # band length M; the paper (and this port) require M = L
@@ -54,21 +67,10 @@ class TransformerVQConfig:
     # Implementation knobs (same numbers, different speed / memory)
     kernel: str = "chunked"          # vq_attention over whole blocks: chunked (fast) | eager (the definition)
     remat: bool = False              # recompute each residual branch in backward (activation checkpointing)
-    # Hybrids and the OVQ / sliding-window layers (docs/ovq.md §1.3; reconstructed choices are switches)
-    layer_pattern: list | None = None   # e.g. [swa, ovq]: layer i uses entry i % len; null: attn_type everywhere
-    global_nope: bool = False        # full/vq units without the relative position bias (sw-nope)
-    swa_window: int = 64             # W of the sliding window (keys at distances 0..W-1)
-    ovq_n_max: int = 64              # dictionary capacity per head
-    ovq_chunk_len: int = 64          # tokens merged at once; a chunk reads the dictionary of earlier chunks
-    ovq_growth: str = "saturating"   # saturating | dp | linear
-    ovq_growth_scale: float | None = None   # s of the schedule; null: ovq_n_max
-    ovq_seeding: str = "farthest"    # farthest | random
-    ovq_step: str = "count"          # count (running mean) | constant
-    ovq_step_const: float = 0.1
-    ovq_read: str = "gmr"            # gmr | cosine | dot
-    ovq_local: bool = False          # also attend exactly to the earlier tokens of the own chunk
-    ovq_beta: float = 8.0            # read-out inverse temperature (initial value when learned)
-    ovq_beta_learned: bool = True
+    # Mixers: which one each attention unit runs, and each one's own knobs
+    attn_type: str = "vq"            # a registered mixer: vq | full | swa | ovq | ...
+    layer_pattern: list[str] | None = None   # e.g. [swa, ovq]: layer i uses entry i % len; null: attn_type
+    mixer: dict[str, Any] = field(default_factory=dict)   # name -> that mixer's config (dict or dataclass)
 
     def __post_init__(self):
         self.validate()
@@ -76,32 +78,21 @@ class TransformerVQConfig:
     def validate(self) -> None:
         def bad(name, allowed):
             raise ValueError(f"model.{name}={getattr(self, name)!r} is invalid: {allowed}")
+        if isinstance(self.layer_pattern, Sequence) and not isinstance(self.layer_pattern, str):
+            self.layer_pattern = list(self.layer_pattern)   # tuples and OmegaConf nodes too
+        if isinstance(self.mixer, Mapping):
+            self.mixer = dict(self.mixer)
+        check_types(self, "model.")
         for name in ("vocab_size", "d_model", "d_k", "d_v", "n_layer", "n_code", "block_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
         if self.head_type not in HEAD_TYPES:
             bad("head_type", f"choose one of {list(HEAD_TYPES)}")
-        if self.attn_type not in ATTN_TYPES:
-            bad("attn_type", f"choose one of {list(ATTN_TYPES)}")
+        mixer_class(self.attn_type)
         if self.layer_pattern is not None:
-            if (not isinstance(self.layer_pattern, (list, tuple)) or not self.layer_pattern
-                    or any(a not in ATTN_TYPES for a in self.layer_pattern)):
-                bad("layer_pattern", f"must be null or a non-empty list of {list(ATTN_TYPES)}")
-            self.layer_pattern = list(self.layer_pattern)
-        for name in ("swa_window", "ovq_n_max", "ovq_chunk_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "must be a positive integer")
-        from .ovq import GROWTH, READS, SEEDING, STEPS
-        for name, allowed in (("ovq_growth", GROWTH), ("ovq_seeding", SEEDING), ("ovq_step", STEPS),
-                              ("ovq_read", READS)):
-            if getattr(self, name) not in allowed:
-                bad(name, f"choose one of {list(allowed)}")
-        if self.ovq_growth_scale is not None and not self.ovq_growth_scale > 0:
-            bad("ovq_growth_scale", "must be > 0 or null")
-        if not 0.0 < self.ovq_step_const <= 1.0:
-            bad("ovq_step_const", "must be in (0, 1]")
-        if not self.ovq_beta > 0:
-            bad("ovq_beta", "must be > 0")
+            if not self.layer_pattern or any(a not in MIXERS for a in self.layer_pattern):
+                bad("layer_pattern", f"must be null or a non-empty list of {sorted(MIXERS)}")
+        self.mixer = self._typed_mixers()
         if self.kernel not in KERNELS:
             bad("kernel", f"choose one of {list(KERNELS)}")
         if self.head_type != "shga" and self.d_model % self.d_k:
@@ -120,13 +111,41 @@ class TransformerVQConfig:
         if self.c_beta < 0:
             bad("c_beta", "must be >= 0")
 
+    def _typed_mixers(self) -> dict[str, MixerConfig]:
+        """``mixer`` as {name: config dataclass}, with defaults for every mixer in use, each one validated."""
+        typed = {}
+        for name, value in self.mixer.items():
+            key = f"model.mixer.{name}"
+            if name not in MIXERS:
+                raise ValueError(f"{key}: no mixer named {name!r} is registered; registered: {sorted(MIXERS)}")
+            cls = MIXERS[name].config_class
+            if value is None:
+                value = cls()
+            elif isinstance(value, Mapping):
+                known = {f.name for f in fields(cls)}
+                if set(value) - known:
+                    raise ValueError(f"{key}: unknown knob(s) {sorted(set(value) - known)}; known: {sorted(known)}")
+                value = cls(**value)
+            elif not isinstance(value, cls):
+                raise ValueError(f"{key}={value!r} is invalid: must be a mapping of {cls.__name__} knobs")
+            typed[name] = value
+        for name in self.layer_types():
+            typed.setdefault(name, mixer_class(name).config_class())
+        for name, value in typed.items():
+            value.validate(f"model.mixer.{name}")
+        return typed
+
+    def mixer_config(self, name: str) -> MixerConfig:
+        """The config of mixer ``name`` (its defaults when the run config does not set it)."""
+        return self.mixer.get(name) or mixer_class(name).config_class()
+
     def check_sequence_len(self, name: str, length: int) -> None:
         """Raise if ``block_len`` does not divide a length the model will be run on."""
         if length < 1 or length % self.block_len:
             raise ValueError(f"model.block_len={self.block_len} must divide {name}={length}")
 
     def layer_types(self) -> list[str]:
-        """The attention type of each layer."""
+        """The mixer of each layer."""
         pattern = self.layer_pattern or [self.attn_type]
         return [pattern[i % len(pattern)] for i in range(self.n_layer)]
 
@@ -136,7 +155,7 @@ class TransformerVQConfig:
 
 
 @dataclass
-class DecoderState(_TensorState):
+class DecoderState:
     """Per-unit attention states and the absolute position, carried across windows and sampling steps."""
     pos: int = 0
     units: list = field(default_factory=list)
@@ -230,8 +249,7 @@ class TransformerVQ(nn.Module):
         if state is None:
             cfg.check_sequence_len("the input length", T)
             state = self.empty_state()
-        need = {"vq": cfg.block_len + 1, "full": state.pos + T, "swa": cfg.swa_window, "ovq": 1}
-        n_sin = max(need[u.attn_type] for u in self.units)
+        n_sin = max(u.mixer.n_distances(state.pos, T) for u in self.units)
         layer_mask, sin_mask = self._drop_masks(B, n_sin, tokens.device, drop_seed)
 
         x = self.embed(tokens)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ema import SSM_TYPES
-from .longvq import NORMS, LongVQBlock, SequenceNorm, linear
-from .vq_bidirectional import ATTN_FNS, WINDOWS
+from ..nn.ema import SSM_TYPES
+from ..nn.longvq import NORMS, LongVQBlock, SequenceNorm, linear
+from ..nn.vq_bidirectional import ATTN_FNS, WINDOWS
 
 ATTN_TYPES = ("vq", "chunk", "full")
 EMBEDS = ("token", "real")

@@ -1,0 +1,44 @@
+"""What the softmax mixers with Transformer-XL positions (vq, full, swa) share.
+
+docs/transformer_vq.md (attention unit, relative positions): q and k RMS-normalised without gain and scaled
+by D_k^-1/4 each (so ``q·k`` needs no further scale); the content term uses ``q + u``, the position term
+``(q + v')·r_d`` with ``r_d = W_r·sin(d)`` for each distance d the mixer reads; u, v' are 1-D parameters
+(no weight decay by the optimizer's ndim rule), zero at init.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..linear import dense
+from ..norm import rms_norm
+from ..position import sin_emb
+from .base import HeadDims, Mixer, MixerConfig
+
+
+class XLMixer(Mixer):
+    def __init__(self, model_cfg, dims: HeadDims, cfg: MixerConfig):
+        super().__init__(model_cfg, dims, cfg)
+        self.w_r = dense(model_cfg.d_model, dims.n_rel * dims.d_k)
+        self.xl_u = nn.Parameter(torch.zeros(dims.n_q * dims.d_k))
+        self.xl_v = nn.Parameter(torch.zeros(dims.n_q * dims.d_k))
+
+    def queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q + u, q + v', k): the content queries, the position queries and the keys, normalised and scaled."""
+        scale = self.dims.d_k ** -0.25
+        q, k = rms_norm(q) * scale, rms_norm(k) * scale
+        qu = q + self.xl_u.view(self.dims.n_q, 1, -1) * scale
+        qv = q + self.xl_v.view(self.dims.n_q, 1, -1) * scale
+        return qu, qv, k
+
+    def rel_scores(self, qv: Tensor, distances: Tensor, sin_mask: Tensor | None) -> Tensor:
+        """``(q + v')·r_d`` for each distance d in ``distances`` -> [B,n_q,T,len(distances)]."""
+        m = self.model_cfg
+        table = sin_emb(distances, m.d_model, m.pe_lam).to(qv.dtype)
+        if sin_mask is not None:
+            table = table * sin_mask[: table.shape[0]].to(table.dtype)
+        r = self.w_r(table).view(len(distances), self.dims.n_rel, -1).transpose(0, 1) * self.dims.d_k ** -0.25
+        return torch.einsum("bhtd,hnd->bhtn", qv, r.expand(self.dims.n_q, -1, -1))
+
+
+__all__ = ["XLMixer"]
