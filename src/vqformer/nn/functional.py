@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NEG_INF = float("-inf")
-KERNELS = ("eager", "chunked")
+KERNELS = ("eager", "chunked", "flex")
 
 
 def _softmax_dtype(x: Tensor) -> torch.dtype:
@@ -220,9 +220,17 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
     agg_sum = st.agg_sum[:, :, None] + F.pad(cum_sum[:, :, : R - 1], (0, 0, 0, 0, 1, 0))
     agg_cnt = st.agg_count[:, :, None] + F.pad(cum_cnt[:, :, : R - 1], (0, 0, 1, 0))
 
-    out = _attend_blocks(qb, 0, k_ext[:, :, 1:], v_ext[:, :, 1:], k_ext[:, :, :-1], v_ext[:, :, :-1],
-                         z_ext[:, :, :-1] < S, agg_sum if agg_cache else None,
-                         agg_cnt if agg_cache else None, codebook, bb, L)
+    if kernel == "flex":
+        from .vq_flex import vq_attention_flex
+
+        o = vq_attention_flex(q.flatten(1, 2), k, v, z, None if bias is None else bias.flatten(1, 2),
+                              st.prev_k, st.prev_v, st.prev_z, agg_sum if agg_cache else None,
+                              agg_cnt if agg_cache else None, codebook, L)
+        out = o.view(B, H, G, R, L, -1).transpose(2, 3)
+    else:
+        out = _attend_blocks(qb, 0, k_ext[:, :, 1:], v_ext[:, :, 1:], k_ext[:, :, :-1], v_ext[:, :, :-1],
+                             z_ext[:, :, :-1] < S, agg_sum if agg_cache else None,
+                             agg_cnt if agg_cache else None, codebook, bb, L)
     new = VQAttentionState(pos=st.pos + T, prev_k=k_ext[:, :, -1], prev_v=v_ext[:, :, -1], prev_z=z_ext[:, :, -1],
                            cur_k=st.cur_k, cur_v=st.cur_v, cur_z=st.cur_z,
                            agg_sum=st.agg_sum + cum_sum[:, :, R - 1], agg_count=st.agg_count + cum_cnt[:, :, R - 1])
@@ -281,8 +289,13 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
     (all blocks batched, plain autograd); ``"chunked"`` (``vq_chunked.py``) computes the same in chunks
     of blocks with a recomputing backward, so its working memory does not grow with T (``chunk_bytes``
     bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
-    rows so that most of the causal mask is skipped; default 2 for L >= 64). Pieces inside
-    one block (sampling, ragged ends) always take the eager path.
+    rows so that most of the causal mask is skipped; default 2 for L >= 64); ``"flex"`` (``vq_flex.py``)
+    is one fused FlexAttention call, the GPU path. Pieces inside one block (sampling, ragged ends) always
+    take the eager path.
+
+    Mixed precision: under autocast (bf16/fp16) the score and value products run in the low precision;
+    scores are cast to fp32 before the softmax, whose statistics (max, log-sum-exp), the codebook counts
+    and the per-code value sums stay in fp32 in every kernel.
     """
     if kernel not in KERNELS:
         raise ValueError(f"vq_attention: kernel={kernel!r} is unknown; choose one of {KERNELS}")
