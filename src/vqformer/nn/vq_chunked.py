@@ -97,7 +97,7 @@ class _Chunk:
         if self.agg:
             K, V = torch.cat([self.code_k, K], dim=-2), torch.cat([self.code_v, V], dim=-2)
         q = _rows(self.q, G, r0, r1).flatten(3, 4).to(K.dtype)
-        s = q @ K.transpose(-1, -2)
+        s = (q @ K.transpose(-1, -2)).to(K.dtype)    # under autocast a bf16 product; the softmax stays fp32
         idx, hidden, h0 = layout
         loc = s[..., S_cols:]
         if self.bias is not None:
@@ -121,6 +121,8 @@ class _Chunked(torch.autograd.Function):
         C = max(1, min(R, chunk_bytes // max(per_block, 1)))
         tiles = _row_tiles(L, row_tiles)
         ctx.geometry = (L, S, C, tiles, agg_cache, grad_thru_cache)
+        dev = q.device.type     # backward runs outside autocast: it re-enters it for the same products
+        ctx.amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         layouts = {t: _local_layout(L, *t, M // L, agg_cache, q.device) for t in tiles}
 
         out = q.new_empty(B, H, R, M, v_ext.shape[-1], dtype=acc)
@@ -145,6 +147,12 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
+        dev = d_out.device.type
+        with torch.autocast(dev, dtype=ctx.amp or torch.get_autocast_dtype(dev), enabled=ctx.amp is not None):
+            return _Chunked._backward(ctx, d_out)
+
+    @staticmethod
+    def _backward(ctx, d_out):
         q, k_ext, v_ext, z_ext, bias, codebook, out, lse = ctx.saved_tensors
         L, S, C, tiles, agg_cache, grad_thru_cache = ctx.geometry
         R, M = q.shape[2], q.shape[3]
@@ -170,7 +178,7 @@ class _Chunked(torch.autograd.Function):
                 p = s.sub_(rows(lse)).exp_()
                 do = rows(d_out)
                 dV = p.transpose(-1, -2) @ do                           # [B,H,c,S_cols+L+r1,Dv]
-                ds = (do @ V.transpose(-1, -2)).sub_(rows(delta)).mul_(p)
+                ds = (do @ V.transpose(-1, -2)).to(acc).sub_(rows(delta)).mul_(p)
                 _rows(dq[:, :, n0:n1], G, r0, r1)[:] = (ds @ K).unflatten(3, (G, -1))
                 k0 = 0 if want_code else S_cols
                 dK = ds[..., k0:].transpose(-1, -2) @ qt
