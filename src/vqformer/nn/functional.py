@@ -288,7 +288,7 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
     ``kernel`` picks the implementation of whole-block pieces: ``"eager"`` is the readable definition
     (all blocks batched, plain autograd); ``"chunked"`` (``vq_chunked.py``) computes the same in chunks
     of blocks with a recomputing backward, so its working memory does not grow with T (``chunk_bytes``
-    bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
+    bounds one chunk's working set: scores, keys, values and cache tensors; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
     rows so that most of the causal mask is skipped; default 2 for L >= 64); ``"flex"`` (``vq_flex.py``)
     is one fused FlexAttention call, the GPU path. Pieces inside one block (sampling, ragged ends) always
     take the eager path.
