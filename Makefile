@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 HARDWARE ?= cpu
 ARGS ?=
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench clean-logs
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench clean-logs gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -58,6 +58,9 @@ results: install ## runs -> tables and plots under experiments/mini (from logs/ 
 
 bench: install ## throughput benchmark, reduced CPU grid (< 20 min); bench=cpu or bench=gpu for the full grid
 	$(PY) -m vqformer.bench bench=cpu_quick $(ARGS)
+
+gpu-check: install ## GPU equivalence tests + kernel/model benchmark + remat memory + DDP (< 8 min, one H100/H200)
+	$(PY) -m vqformer.benchmark.gpu_check $(ARGS)
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs

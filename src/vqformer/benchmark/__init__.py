@@ -29,7 +29,8 @@ def _params(b: DictConfig) -> dict[str, dict]:
         out["layer"] = dict(OmegaConf.to_container(b.layer.model, resolve=True))
     if b.get("model"):
         for name, c in b.model.configs.items():
-            out[name] = dict(OmegaConf.to_container(c.model, resolve=True))
+            if c is not None:
+                out[name] = dict(OmegaConf.to_container(c.model, resolve=True))
     return out
 
 
