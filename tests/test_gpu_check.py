@@ -77,3 +77,15 @@ def test_the_gpu_grid_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
     assert {("kernel", "sdpa"), ("kernel:vq_flex", "sdpa"), ("kernel:vq_flex", "quadratic")} <= rat
     assert any("vq_flex/sdpa" in t["target"] for t in result["targets"])
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["command"] == "pytest"
+
+
+def test_cpu_kernels_grid_composes():
+    from vqformer.benchmark.grid import length_grid
+    from vqformer.benchmark.runner import arm_specs
+    cfg = compose("x", ["bench=cpu_kernels"])     # the later bench= wins over gpu_check
+    b = cfg.bench
+    assert b.device == "cpu" and list(b.kernel.arms) == ["vq_eager", "vq_chunked", "vq_flex", "vq_compiled"]
+    assert length_grid(b.kernel.lengths) == [4096, 16384, 65536]
+    assert {a["attn"] for a in arm_specs("kernel", b.kernel)} == {"vq"}
+    assert b.model.configs.small_compiled.model.compile is True
+    assert length_grid(b.model.configs.small.lengths) == [8192, 16384, 32768, 65536, 131072]

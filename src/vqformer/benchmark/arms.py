@@ -89,11 +89,13 @@ def _kernel(spec: dict, device, dtype, gen) -> Built:
         variant = arm[3:] if arm.startswith("vq_") else p.get("vq_kernel", "chunked")
         if variant not in VQ_VARIANTS:
             raise ValueError(f"kernel arm {arm!r}: unknown VQ variant, choose vq_<{'|'.join(VQ_VARIANTS)}>")
-        if variant == "compiled":
-            compiled = torch.compile(vq_attention)
-            fn = lambda: compiled(q, k, v, codes, codebook, L, kernel="eager")[0]
-        else:
-            fn = lambda: vq_attention(q, k, v, codes, codebook, L, kernel=variant)[0]
+        # bf16 / fp16 points run under autocast, as in the model: low-precision products, fp32 statistics.
+        impl = torch.compile(vq_attention) if variant == "compiled" else vq_attention
+        kern = "eager" if variant == "compiled" else variant
+
+        def fn():
+            with _autocast(device, dtype):
+                return impl(q, k, v, codes, codebook, L, kernel=kern)[0].to(dtype)
     elif attn == "sdpa":
         backend = p.get("sdpa_backend")       # e.g. flash: fail rather than silently fall back to another
         if backend and device.type == "cuda":

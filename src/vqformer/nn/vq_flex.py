@@ -143,7 +143,8 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
         q, K, V = q.detach(), K.detach(), V.detach()
     # Low precision (autocast) for the two products; FlexAttention keeps the softmax statistics in fp32.
     dev = q.device.type
-    low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    low = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+           else q.dtype if q.dtype in (torch.bfloat16, torch.float16) else None)
     if low is not None and acc != torch.float64:
         q, K, V = q.to(low), K.to(low), V.to(low)
     else:
@@ -154,8 +155,9 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
     def mask_mod(b, h, q_idx, kv_idx):
         return lay.mask_mod(b, h, q_idx, kv_idx)
 
+    # Past ~64M entries build the mask block by block (compiled) instead of as one dense [T, keys] tensor.
     mask = create_block_mask(mask_mod, None, None, T, K.shape[2], device=q.device,
-                             BLOCK_SIZE=min(128, L) if dev != "cuda" else 128)
+                             BLOCK_SIZE=min(128, L) if dev != "cuda" else 128, _compile=T * K.shape[2] > 1 << 26)
     fn = _compiled_flex() if backend == "compiled" else flex_attention
     with torch.autocast(dev, enabled=False):
         out = fn(q, K, V, score_mod=score_mod, block_mask=mask, scale=1.0, enable_gqa=G > 1)
