@@ -48,6 +48,8 @@ def test_compiled_step_equals_eager(head_type, backend):
     assert grads_c.keys() == grads_e.keys() and len(grads_e) > 5
     for name in grads_e:
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)
+    if backend != "inductor":
+        return     # recompiling for eval mode and a carried state costs another ~25 s: the slow cases do it
     # a carried state through the compiled units (eval, two pieces) equals one eager call
     eager.eval(), compiled.eval()
     with torch.no_grad():
