@@ -55,19 +55,20 @@ def test_kernels_under_autocast_stay_close_to_float64(kernel, agg_cache, dtype):
         assert e <= tol_g, f"grad {name}: {e:.4f}"
 
 
-def train(precision: str, steps: int = 100):
+def train(precision: str, steps: int = 100, kernel: str = "chunked"):
     torch.manual_seed(0)
-    cfg = TransformerVQConfig(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4)
+    cfg = TransformerVQConfig(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4,
+                              kernel=kernel)
     model = TransformerVQ(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     # A learnable stream: each token is the sum of the two before it, mod 11.
-    seq = torch.randint(0, 11, (8, 18), generator=gen)
+    seq = torch.randint(0, 11, (8, 18), generator=gen, device="cpu").to(torch.get_default_device())
     for t in range(2, 18):
         seq[:, t] = (seq[:, t - 1] + seq[:, t - 2]) % 11
     losses = []
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        with torch.autocast(seq.device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             logits, aux = model(seq[:, :16])
             loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), seq[:, 1:17].flatten())
         (loss + aux.commit_loss).backward()
