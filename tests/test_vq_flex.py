@@ -98,10 +98,11 @@ def test_flex_backend_choices_are_checked():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype,tol_v,tol_g", [(torch.float32, 1e-4, 1e-3), (torch.bfloat16, 0.04, 0.06)])
 @pytest.mark.parametrize("kernel", ["flex", "chunked", "eager"])
 @pytest.mark.parametrize("agg_cache", [True, False])
-def test_gpu_kernels_equal_reference(agg_cache, kernel, dtype, tol):
+def test_gpu_kernels_equal_reference(agg_cache, kernel, dtype, tol_v, tol_g):
+    """fp32 (IEEE matmuls, torch's default) and bf16 autocast (the CPU tests' stated tolerances) on CUDA."""
     L, dev = 64, "cuda"
     q, k, v, z, cb, bias = make_inputs(B=2, H=2, G=2, T=512, S=64, Dk=64, Dv=64, L=L, q_scale=2.0, seed=3)
     q, k, v, z, cb, bias = (t.to(dev) for t in (q, k, v, z, cb, bias))
@@ -114,10 +115,9 @@ def test_gpu_kernels_equal_reference(agg_cache, kernel, dtype, tol):
         args = [t.float() for t in (q, k, v)]
         out, _ = vq_attention(*args, z, cb.float(), L, band_bias=bias.float(), agg_cache=agg_cache, kernel=kernel)
     grads = torch.autograd.grad((out.double() * g).sum(), leaves)
-    scale = ref.abs().max()
-    assert (out.double() - ref).abs().max() <= tol * scale
-    for a, b in zip(grads, ref_grads):
-        assert (a - b).abs().max() <= 5 * tol * b.abs().max()
+    assert (out.double() - ref).abs().max() <= tol_v * ref.abs().max()
+    for name, a, b in zip(("q", "v", "band_bias"), grads, ref_grads):
+        assert (a - b).abs().max() <= tol_g * b.abs().max(), name
 
 
 @pytest.mark.parametrize("head_type", ["shga", "mqa"])
