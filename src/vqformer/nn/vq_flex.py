@@ -38,31 +38,25 @@ def _compiled_flex():
     return _compiled
 
 
-class _Layout:
-    """Index arithmetic shared by the fused call and the blockwise evaluation."""
+def _mods(R: int, L: int, S: int, G: int, C: int, log_n: Tensor | None, bias: Tensor | None, empty: Tensor):
+    """``score_mod`` and ``mask_mod`` of the layout above, as plain closures over ints and tensors (what
+    FlexAttention and torch.compile expect: no per-call objects to guard on). ``C`` codeword keys come
+    first (R·S with the cache, else 0); query head h reads key/value head h // G."""
 
-    def __init__(self, R, L, S, G, agg_cache, log_n, bias, empty):
-        self.R, self.L, self.S, self.G = R, L, S, G
-        self.C = R * S if agg_cache else 0           # codeword keys before the local ones
-        self.log_n, self.bias, self.empty = log_n, bias, empty
-
-    def score_mod(self, score, b, h, q_idx, kv_idx):
-        L, S, C = self.L, self.S, self.C
-        hk, n = h // self.G, q_idx // L
+    def score_mod(score, b, h, q_idx, kv_idx):
+        hk, n = h // G, q_idx // L
         j = (kv_idx - C).clamp(min=0)               # local key j is token j - L of the piece
         d = q_idx + L - j
         local = score
-        if self.bias is not None:
-            band = self.bias[b, h, q_idx, d.clamp(0, L)]
+        if bias is not None:
+            band = bias[b, h, q_idx, d.clamp(0, L)]
             local = local + torch.where((d >= 0) & (d <= L), band, torch.zeros_like(band))
-        local = torch.where(self.empty[b, hk, j], NEG_INF, local)
+        local = torch.where(empty[b, hk, j], NEG_INF, local)
         if C == 0:
             return local
-        cache = score + self.log_n[b, hk, n, kv_idx % S]
-        return torch.where(kv_idx < C, cache, local)
+        return torch.where(kv_idx < C, score + log_n[b, hk, n, kv_idx % S], local)
 
-    def mask_mod(self, b, h, q_idx, kv_idx):
-        L, S, C = self.L, self.S, self.C
+    def mask_mod(b, h, q_idx, kv_idx):
         n = q_idx // L
         j = kv_idx - C
         d = q_idx + L - j
@@ -71,20 +65,25 @@ class _Layout:
             return local & (d <= L)                  # no cache: only the band
         return ((kv_idx < C) & (kv_idx // S == n)) | ((kv_idx >= C) & local)
 
-    def kv_index(self, device) -> Tensor:
-        """[R, S+2L] (or [R, 2L]): the keys query block n may see, for the blockwise evaluation."""
-        n = torch.arange(self.R, device=device)[:, None]
-        loc = self.C + n * self.L + torch.arange(2 * self.L, device=device)[None, :]
-        if self.C == 0:
-            return loc
-        return torch.cat([n * self.S + torch.arange(self.S, device=device)[None, :], loc], dim=1)
+    return score_mod, mask_mod
 
 
-def _blockwise(q: Tensor, K: Tensor, V: Tensor, lay: _Layout, acc: torch.dtype) -> Tensor:
-    """The mods of ``lay`` evaluated on each query block's [B,H,G,L,S+2L] scores, with plain autograd."""
+def _kv_index(R: int, L: int, S: int, C: int, device) -> Tensor:
+    """[R, S+2L] (or [R, 2L]): the keys query block n may see, for the blockwise evaluation."""
+    n = torch.arange(R, device=device)[:, None]
+    loc = C + n * L + torch.arange(2 * L, device=device)[None, :]
+    if C == 0:
+        return loc
+    return torch.cat([n * S + torch.arange(S, device=device)[None, :], loc], dim=1)
+
+
+def _blockwise(q: Tensor, K: Tensor, V: Tensor, R: int, L: int, S: int, C: int, score_mod, mask_mod,
+               acc: torch.dtype) -> Tensor:
+    """The mods evaluated on each query block's [B,H,G,L,S+2L] scores, with plain autograd."""
     B, Hq, T, Dk = q.shape
-    H, R, L, G = K.shape[1], lay.R, lay.L, lay.G
-    idx = lay.kv_index(q.device)                                     # [R, J]
+    H = K.shape[1]
+    G = Hq // H
+    idx = _kv_index(R, L, S, C, q.device)                            # [R, J]
     Kb, Vb = K[:, :, idx], V[:, :, idx]                              # [B,H,R,J,D]
     qb = q.reshape(B, H, G, R, L, Dk)
     s = torch.einsum("bhgrid,bhrjd->bhgrij", qb, Kb).to(acc)
@@ -92,7 +91,7 @@ def _blockwise(q: Tensor, K: Tensor, V: Tensor, lay: _Layout, acc: torch.dtype) 
     b, h = ar(B, 0), ar(H, 1) * G + ar(G, 2)
     q_idx = ar(R, 3) * L + ar(L, 4)
     kv = idx.view(1, 1, 1, R, 1, -1)
-    s = lay.score_mod(s, b, h, q_idx, kv).masked_fill(~lay.mask_mod(b, h, q_idx, kv), NEG_INF)
+    s = score_mod(s, b, h, q_idx, kv).masked_fill(~mask_mod(b, h, q_idx, kv), NEG_INF)
     w = torch.softmax(s, dim=-1)
     out = torch.einsum("bhgrij,bhrjd->bhgrid", w, Vb.to(acc))
     return out.reshape(B, Hq, T, -1)
@@ -124,7 +123,8 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
         K = torch.cat([codebook.to(K.dtype)[None, :, None].expand(B, H, R, S, Dk).reshape(B, H, R * S, Dk), K], 2)
         V = torch.cat([(agg_sum / agg_cnt.clamp_min(1)[..., None]).to(V.dtype).flatten(2, 3), V], 2)
         log_n = torch.where(agg_cnt > 0, agg_cnt.clamp_min(1).log(), torch.full_like(agg_cnt, NEG_INF)).to(acc)
-    lay = _Layout(R, L, S, G, agg, log_n, None if bias is None else bias.to(acc), empty)
+    C = R * S if agg else 0
+    score_mod, mask_mod = _mods(R, L, S, G, C, log_n, None if bias is None else bias.to(acc), empty)
 
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                  for t in (q, K, V, bias))
@@ -134,7 +134,7 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
         else:
             backend = "blockwise" if needs_grad else ("eager" if acc == torch.float64 else "compiled")
     if backend == "blockwise":
-        return _blockwise(q, K, V, lay, acc)
+        return _blockwise(q, K, V, R, L, S, C, score_mod, mask_mod, acc)
 
     if needs_grad and q.device.type != "cuda":
         raise NotImplementedError("vq_attention_flex: FlexAttention has no backward on CPU (torch 2.13); "
@@ -149,12 +149,6 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
         q, K, V = q.to(low), K.to(low), V.to(low)
     else:
         q, K, V = q.to(acc), K.to(acc), V.to(acc)
-    def score_mod(score, b, h, q_idx, kv_idx):      # plain functions: FlexAttention inspects them
-        return lay.score_mod(score, b, h, q_idx, kv_idx)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return lay.mask_mod(b, h, q_idx, kv_idx)
-
     # Past ~64M entries build the mask block by block (compiled) instead of as one dense [T, keys] tensor.
     mask = create_block_mask(mask_mod, None, None, T, K.shape[2], device=q.device,
                              BLOCK_SIZE=min(128, L) if dev != "cuda" else 128, _compile=T * K.shape[2] > 1 << 26)
