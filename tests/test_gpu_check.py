@@ -89,3 +89,14 @@ def test_cpu_kernels_grid_composes():
     assert {a["attn"] for a in arm_specs("kernel", b.kernel)} == {"vq"}
     assert b.model.configs.small_compiled.model.compile is True
     assert length_grid(b.model.configs.small.lengths) == [8192, 16384, 32768, 65536, 131072]
+
+
+@pytest.mark.slow          # ~25 s: two processes importing torch on a loaded 2-core machine
+def test_ddp_step_code_runs_on_cpu_with_gloo():
+    """The DDP step of gpu-check, on CPU (gloo, 2 processes, tiny model): after the all-reduce both ranks
+    hold the same gradient although they trained on different data."""
+    from vqformer.benchmark.gpu_check import run_ddp
+    tiny = dict(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4)
+    res = run_ddp(lambda *a: None, T=16, device_type="cpu", model_kw=tiny)
+    assert res["status"] == "ok" and res["world"] == 2 and len(res["step_s"]) == 3
+    assert res["max_grad_diff_across_ranks"] == 0.0
