@@ -184,11 +184,12 @@ def _attend_blocks(q: Tensor, row0: int, k_cur: Tensor, v_cur: Tensor, k_prev: T
     w = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
     w_parts = w.split([p.shape[-1] for p in parts], dim=-1)
 
-    out = torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-1], v_cur.to(acc))
-    out = out + torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-2], v_prev.to(acc))
+    # Under autocast each value product runs in low precision; the three parts are summed in fp32.
+    out = torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-1], v_cur.to(acc)).to(acc)
+    out = out + torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-2], v_prev.to(acc)).to(acc)
     if agg_sum is not None:
         mean = agg_sum / agg_count.clamp_min(1)[..., None]
-        out = out + torch.einsum("bhrgis,bhrsd->bhrgid", w_parts[0], mean)
+        out = out + torch.einsum("bhrgis,bhrsd->bhrgid", w_parts[0], mean).to(acc)
     return out
 
 

@@ -161,7 +161,7 @@ class _Chunked(torch.autograd.Function):
                 e = s.sub_(m).exp_()
                 l = e.sum(dim=-1, keepdim=True)
                 G = M // L
-                _rows(out[:, :, n0:n1], G, r0, r1)[:] = (e @ V).div_(l).unflatten(3, (G, -1))
+                _rows(out[:, :, n0:n1], G, r0, r1)[:] = (e @ V).to(l.dtype).div_(l).unflatten(3, (G, -1))
                 _rows(lse[:, :, n0:n1], G, r0, r1)[:] = (m + l.log()).unflatten(3, (G, -1))
             run = chunk.after
         ctx.snapshots = snapshots
