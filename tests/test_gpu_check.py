@@ -100,3 +100,13 @@ def test_ddp_step_code_runs_on_cpu_with_gloo():
     res = run_ddp(lambda *a: None, T=16, device_type="cpu", model_kw=tiny)
     assert res["status"] == "ok" and res["world"] == 2 and len(res["step_s"]) == 3
     assert res["max_grad_diff_across_ranks"] == 0.0
+
+
+@pytest.mark.slow          # ~40 s: inductor compiles the eager kernel's forward and backward
+def test_compiled_kernel_arm_equals_eager():
+    spec = {"level": "kernel", "T": 64, "batch": 1, "device": "cpu", "dtype": "float32", "attn": "vq",
+            "arm": "vq_compiled", "params": {"heads": 1, "d_k": 16, "d_v": 16, "n_code": 16, "block_len": 16}}
+    built = build_step(spec)
+    built.step()
+    ref = build_step(dict(spec, arm="vq_eager")).forward()
+    torch.testing.assert_close(built.forward(), ref, rtol=1e-5, atol=1e-5)
