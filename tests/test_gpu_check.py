@@ -110,3 +110,25 @@ def test_compiled_kernel_arm_equals_eager():
     built.step()
     ref = build_step(dict(spec, arm="vq_eager")).forward()
     torch.testing.assert_close(built.forward(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_arm_is_recorded_and_the_run_goes_on(tmp_path):
+    """gpu-check runs once on a lent machine: with ``skip_errors`` an arm that raises (here a real error:
+    block_len 48 does not divide T, which only the VQ arm checks) becomes a ``failed:`` row and every
+    other arm is still measured; benches without ``skip_errors`` still stop on it."""
+    common = ["bench.device=cpu", "bench.dtype=float32", "bench.memory=none", "bench.matmul_n=64", "bench.warmup=0",
+              "bench.repeats=1", "bench.kernel.lengths.min=64", "bench.kernel.lengths.max=128",
+              "bench.kernel.lengths.factor=2", "bench.kernel.heads=1", "bench.kernel.d_k=16", "bench.kernel.d_v=16",
+              "bench.kernel.n_code=16", "bench.kernel.block_len=48", "bench.model.enabled=false",
+              "bench.layer.enabled=false", "bench.profile.enabled=false", f"out_dir={tmp_path}"]
+    cfg = compose("tiny", common)
+    assert cfg.bench.skip_errors is True
+    result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
+    st = {(r["arm"], r["T"]): r["status"] for r in result["points"]}
+    assert st["vq", 64].startswith("failed: ValueError: kernel: block_len=48 must divide T=64")
+    assert st["vq_flex", 64].startswith("failed: ValueError")
+    assert st["vq", 128].startswith("skipped: failed at T=64")
+    assert st["sdpa", 128] == "ok" and st["quadratic", 64] == "ok"
+    with pytest.raises(ValueError, match="must divide"):
+        run(compose("tiny", [o for o in common if "factor" not in o] + ["bench=cpu_quick"]), tmp_path,
+            log=lambda *a: None)

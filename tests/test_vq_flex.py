@@ -151,3 +151,21 @@ def test_gpu_tiny_model_trains_with_flex_in_bf16_like_fp32():
     finally:
         torch.set_default_device("cpu")
     assert abs(sum(bf16[-10:]) / 10 - sum(fp32[-10:]) / 10) <= 0.15
+
+
+def test_wide_values_split_into_several_calls_stay_exact():
+    """``max_value_dim`` (256 on CUDA, for shga's D_v = 1536): value columns in several FlexAttention
+    calls over the same scores equal one call."""
+    L = 3
+    q, k, v, z, cb, bias = make_inputs(H=2, G=2, T=12, Dv=5, L=L)
+    B, H, T = k.shape[:3]
+    S = cb.shape[1]
+    st_k, st_v = k.new_zeros(B, H, L, k.shape[-1]), v.new_zeros(B, H, L, v.shape[-1])
+    st_z = torch.full((B, H, L), S)
+    cnt = torch.rand(B, H, T // L, S, dtype=torch.float64) * 3
+    sums = torch.randn(B, H, T // L, S, 5, dtype=torch.float64)
+    args = (q, k, v, z, bias, st_k, st_v, st_z, sums, cnt, cb, L)
+    one = vq_attention_flex(*args, backend="eager")
+    split = vq_attention_flex(*args, backend="eager", max_value_dim=2)
+    torch.testing.assert_close(split, one, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(one, vq_attention_flex(*args, backend="blockwise"), rtol=1e-12, atol=1e-12)

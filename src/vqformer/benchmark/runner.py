@@ -140,7 +140,13 @@ def run_point(spec: dict, st: ArmState, b: DictConfig, device: torch.device, bud
                                                              b.min_repeats).n_repeat)
     except Exception as e:                                 # noqa: BLE001 (only OOM is a skip)
         if not _is_oom(e):
-            raise
+            if not b.get("skip_errors", False):
+                raise
+            # one-shot runs (gpu-check) record a failing arm and go on with the others
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            st.dead = f"failed at T={T} ({msg})"
+            row["status"] = f"failed: {msg}"
+            return row
         st.dead = f"out of memory, from T={T}"
         row["status"] = "skipped: out of memory"
         return row

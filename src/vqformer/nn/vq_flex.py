@@ -99,7 +99,8 @@ def _blockwise(q: Tensor, K: Tensor, V: Tensor, R: int, L: int, S: int, C: int, 
 
 def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor | None, prev_k: Tensor,
                       prev_v: Tensor, prev_z: Tensor, agg_sum: Tensor | None, agg_cnt: Tensor | None,
-                      codebook: Tensor, block_len: int, backend: str = "auto") -> Tensor:
+                      codebook: Tensor, block_len: int, backend: str = "auto",
+                      max_value_dim: int | None = None) -> Tensor:
     """R whole blocks: q [B,Hq,T,Dk], k/v/z over H key/value heads, bias [B,Hq,T,L+1] or None, the state's
     previous block ``prev_* [B,H,L,...]``, the cache each block reads ``agg_sum [B,H,R,S,Dv]``,
     ``agg_cnt [B,H,R,S]`` (fp32/fp64; None without the cache). Returns [B,Hq,T,Dv] in the accumulation dtype.
@@ -107,6 +108,8 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
     ``backend``: ``compiled`` (torch.compile'd FlexAttention, the GPU path), ``eager`` (torch's dense
     FlexAttention, no gradient on CPU), ``blockwise`` (same mods, autograd); ``auto`` picks compiled on
     CUDA and, on CPU, blockwise when a gradient is needed, eager for float64, compiled otherwise.
+    ``max_value_dim`` splits wide values (shga's D_v = 1536) into several calls over the same scores, each
+    exact; default 256 on CUDA, where the fused kernel keeps a value tile per block in shared memory.
     """
     if backend not in BACKENDS:
         raise ValueError(f"vq_attention_flex: backend={backend!r} is unknown; choose one of {BACKENDS}")
@@ -153,8 +156,10 @@ def vq_attention_flex(q: Tensor, k: Tensor, v: Tensor, z: Tensor, bias: Tensor |
     mask = create_block_mask(mask_mod, None, None, T, K.shape[2], device=q.device,
                              BLOCK_SIZE=min(128, L) if dev != "cuda" else 128, _compile=T * K.shape[2] > 1 << 26)
     fn = _compiled_flex() if backend == "compiled" else flex_attention
+    width = max_value_dim or (256 if dev == "cuda" else V.shape[-1])
     with torch.autocast(dev, enabled=False):
-        out = fn(q, K, V, score_mod=score_mod, block_mask=mask, scale=1.0, enable_gqa=G > 1)
+        out = torch.cat([fn(q, K, Vc, score_mod=score_mod, block_mask=mask, scale=1.0, enable_gqa=G > 1)
+                         for Vc in V.split(width, dim=-1)], dim=-1)
     return out.to(acc)
 
 
