@@ -9,7 +9,7 @@ ARGS ?=
 # New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
 OUT ?= logs
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs
+.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -71,6 +71,9 @@ refresh-bench: ## copy the newest benchmark results ($(OUT)/bench/<device_tag>, 
 	for d in $(OUT)/bench/*/; do name=$$(basename $$d); if [ -f $$d/results.json ]; then mkdir -p experiments/throughput/$$name && cp -p $$d/* experiments/throughput/$$name/; fi; done
 	if [ -f $(OUT)/bench/lra_4k/points.jsonl ]; then cp $(OUT)/bench/lra_4k/points.jsonl experiments/lra/bench_4k.jsonl; fi
 	git status --short -- experiments; git diff --stat -- experiments
+
+gpu-check: install ## GPU equivalence tests + kernel/model benchmark + remat memory + DDP (< 8 min, one H100/H200)
+	$(PY) -m vqformer.benchmark.gpu_check $(ARGS)
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs

@@ -491,3 +491,24 @@ def test_unknown_kernel_is_rejected():
     q, k, v, z, cb, _ = make_inputs()
     with pytest.raises(ValueError, match="kernel='triton'"):
         vq_attention(q, k, v, z, cb, 4, kernel="triton")
+
+
+def test_chunk_budget_counts_the_cache_tensors():
+    """The chunk budget counts everything a block allocates (scores, keys, values, cache tensors), not only
+    the scores: at the paper's shga dims the cache tensors are several times the score tensor, so one
+    block already fills 8 MiB; with small dims many blocks share a chunk, and the chosen chunk fits."""
+    from vqformer.nn.vq_chunked import chunk_blocks, chunk_bytes_per_block
+    paper = dict(B=1, H=1, M=512, L=512, S=512, Dk=128, Dv=1536, agg_cache=True, itemsize=4)
+    scores = paper["M"] * (paper["S"] + 2 * paper["L"]) * 4
+    assert chunk_bytes_per_block(**paper) > 3 * scores
+    assert chunk_blocks(1, 1, 256, 512, 512, 512, 128, 1536, True, 4, 8 << 20) == 1
+    for dims in [(2, 1, 64, 32, 32, 64, 16, 32), (1, 4, 256, 128, 128, 256, 32, 64)]:
+        B, H, R, M, L, S, Dk, Dv = dims
+        for budget in (1 << 20, 64 << 20):
+            C = chunk_blocks(B, H, R, M, L, S, Dk, Dv, True, 4, budget)
+            per = chunk_bytes_per_block(B, H, M, L, S, Dk, Dv, True, 4)
+            assert C == R or (C == 1 and per > budget) or C * per <= budget < (C + 1) * per
+        assert C > 1      # the small dims really share chunks
+    # without the cache only the local columns count
+    assert chunk_bytes_per_block(1, 1, 64, 64, 512, 16, 16, False, 4) < chunk_bytes_per_block(
+        1, 1, 64, 64, 512, 16, 16, True, 4) / 4

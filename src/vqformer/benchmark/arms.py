@@ -38,6 +38,9 @@ from ..models.transformer_vq import TransformerVQ, TransformerVQConfig
 from .grid import attention_flops
 
 KERNEL_ARMS = ("vq", "sdpa", "quadratic")
+# Kernel-level VQ variants (arm ``vq_<variant>``, attn ``vq``): each implementation of the same attention.
+# ``compiled`` is torch.compile of the eager definition (inductor fuses it); plain ``vq`` uses ``vq_kernel``.
+VQ_VARIANTS = ("eager", "chunked", "flex", "compiled")
 # Live fp32 copies of the [T, T] (quadratic) or [T, S + 2L] (vq) scores at the peak of forward + backward:
 # the CPU probe measured 3.0 and 3.4 (fp32, T = 8k-16k); 4 leaves a margin for the analytic guard.
 _QUADRATIC_COPIES, _VQ_COPIES = 4, 4
@@ -81,11 +84,30 @@ def _kernel(spec: dict, device, dtype, gen) -> Built:
     k = codebook[torch.arange(H, device=device)[None, :, None], codes].detach().requires_grad_(True)
     v = rnd(B, H, T, Dv).requires_grad_(True)
     g_out = rnd(B, H, T, Dv)
-    attn = spec["attn"]
+    attn, arm = spec["attn"], spec.get("arm", spec["attn"])
     if attn == "vq":
-        fn = lambda: vq_attention(q, k, v, codes, codebook, L, kernel=p.get("vq_kernel", "chunked"))[0]
+        variant = arm[3:] if arm.startswith("vq_") else p.get("vq_kernel", "chunked")
+        if variant not in VQ_VARIANTS:
+            raise ValueError(f"kernel arm {arm!r}: unknown VQ variant, choose vq_<{'|'.join(VQ_VARIANTS)}>")
+        # bf16 / fp16 points run under autocast, as in the model: low-precision products, fp32 statistics.
+        impl = torch.compile(vq_attention) if variant == "compiled" else vq_attention
+        kern = "eager" if variant == "compiled" else variant
+
+        def fn():
+            with _autocast(device, dtype):
+                return impl(q, k, v, codes, codebook, L, kernel=kern)[0].to(dtype)
     elif attn == "sdpa":
-        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+        backend = p.get("sdpa_backend")       # e.g. flash: fail rather than silently fall back to another
+        if backend and device.type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            chosen = getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                                          "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[backend])
+
+            def fn():
+                with sdpa_kernel(chosen):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+        else:
+            fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
     elif attn == "quadratic":
         acc = torch.float64 if dtype == torch.float64 else torch.float32     # as vq_attention's softmax
         mask = torch.zeros(T, T, device=device, dtype=acc).masked_fill(

@@ -62,16 +62,19 @@ def arm_specs(level: str, lcfg: DictConfig) -> list[dict]:
     base = {"level": level, "batch": lcfg.get("batch", 1)}
     if level == "kernel":
         params = {k: lcfg[k] for k in ("heads", "d_k", "d_v", "n_code", "block_len")}
-        return [dict(base, arm=a, attn=a, head_type="", config="kernel", params=params,
-                     lengths=length_grid(lcfg["lengths"])) for a in lcfg["arms"]]
+        params.update({k: lcfg[k] for k in ("vq_kernel", "sdpa_backend") if lcfg.get(k)})
+        return [dict(base, arm=a, attn="vq" if a.startswith("vq_") else a, head_type="", config="kernel",
+                     params=params, lengths=length_grid(lcfg["lengths"])) for a in lcfg["arms"]]
     if level == "layer":
         return [dict(base, arm=f"{a}/{h}", attn=a, head_type=h, config="layer", params=lcfg["model"],
                      lengths=length_grid(lcfg["lengths"]))
                 for h in lcfg["head_types"] for a in lcfg["attn_types"]]
     out = []
     for name, c in lcfg["configs"].items():
+        if c is None:                            # a config switched off by an override (``small: null``)
+            continue
         for h in c.get("head_types", ["shga"]):
-            for a in lcfg["attn_types"]:
+            for a in c.get("attn_types", lcfg["attn_types"]):
                 out.append(dict(base, batch=c.get("batch", base["batch"]), arm=f"{name}/{a}/{h}", attn=a,
                                 head_type=h, config=name, params=c["model"], optim=lcfg["optim"],
                                 lengths=length_grid(c["lengths"])))
@@ -137,7 +140,13 @@ def run_point(spec: dict, st: ArmState, b: DictConfig, device: torch.device, bud
                                                              b.min_repeats).n_repeat)
     except Exception as e:                                 # noqa: BLE001 (only OOM is a skip)
         if not _is_oom(e):
-            raise
+            if not b.get("skip_errors", False):
+                raise
+            # one-shot runs (gpu-check) record a failing arm and go on with the others
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            st.dead = f"failed at T={T} ({msg})"
+            row["status"] = f"failed: {msg}"
+            return row
         st.dead = f"out of memory, from T={T}"
         row["status"] = "skipped: out of memory"
         return row

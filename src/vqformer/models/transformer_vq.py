@@ -65,7 +65,8 @@ class TransformerVQConfig:
     pe_abs: bool = False
     pe_lam: float = 1e5
     # Implementation knobs (same numbers, different speed / memory)
-    kernel: str = "chunked"          # vq_attention over whole blocks: chunked (fast) | eager (the definition)
+    kernel: str = "chunked"          # vq_attention over whole blocks: chunked (fast) | eager (the definition) | flex (fused, GPU)
+    compile: bool = False            # torch.compile each attention unit
     remat: bool = False              # recompute each residual branch in backward (activation checkpointing)
     # Mixers: which one each attention unit runs, and each one's own knobs
     attn_type: str = "vq"            # a registered mixer: vq | full | swa | ovq | ...
@@ -205,6 +206,8 @@ class TransformerVQ(nn.Module):
             second = AttentionUnit(cfg, kind) if cfg.head_type == "shga" else MLP(D, cfg.ffn_width)
             self.branches.extend([AttentionUnit(cfg, kind), second])
         self.units = [b for b in self.branches if isinstance(b, AttentionUnit)]
+        for u in self.units if cfg.compile else []:
+            u.compile()
         self.final_norm = RMSNorm(D) if cfg.e_preln else None
         self.out = None if cfg.e_tie else dense(D, cfg.vocab_size, bias=True)
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.e_tie else None

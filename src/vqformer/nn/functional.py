@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NEG_INF = float("-inf")
-KERNELS = ("eager", "chunked")
+KERNELS = ("eager", "chunked", "flex")
 
 
 def _softmax_dtype(x: Tensor) -> torch.dtype:
@@ -184,11 +184,12 @@ def _attend_blocks(q: Tensor, row0: int, k_cur: Tensor, v_cur: Tensor, k_prev: T
     w = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
     w_parts = w.split([p.shape[-1] for p in parts], dim=-1)
 
-    out = torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-1], v_cur.to(acc))
-    out = out + torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-2], v_prev.to(acc))
+    # Under autocast each value product runs in low precision; the three parts are summed in fp32.
+    out = torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-1], v_cur.to(acc)).to(acc)
+    out = out + torch.einsum("bhrgij,bhrjd->bhrgid", w_parts[-2], v_prev.to(acc)).to(acc)
     if agg_sum is not None:
         mean = agg_sum / agg_count.clamp_min(1)[..., None]
-        out = out + torch.einsum("bhrgis,bhrsd->bhrgid", w_parts[0], mean)
+        out = out + torch.einsum("bhrgis,bhrsd->bhrgid", w_parts[0], mean).to(acc)
     return out
 
 
@@ -220,9 +221,17 @@ def _aligned(q, k, v, z, bias, codebook, st: VQAttentionState, L: int, agg_cache
     agg_sum = st.agg_sum[:, :, None] + F.pad(cum_sum[:, :, : R - 1], (0, 0, 0, 0, 1, 0))
     agg_cnt = st.agg_count[:, :, None] + F.pad(cum_cnt[:, :, : R - 1], (0, 0, 1, 0))
 
-    out = _attend_blocks(qb, 0, k_ext[:, :, 1:], v_ext[:, :, 1:], k_ext[:, :, :-1], v_ext[:, :, :-1],
-                         z_ext[:, :, :-1] < S, agg_sum if agg_cache else None,
-                         agg_cnt if agg_cache else None, codebook, bb, L)
+    if kernel == "flex":
+        from .vq_flex import vq_attention_flex
+
+        o = vq_attention_flex(q.flatten(1, 2), k, v, z, None if bias is None else bias.flatten(1, 2),
+                              st.prev_k, st.prev_v, st.prev_z, agg_sum if agg_cache else None,
+                              agg_cnt if agg_cache else None, codebook, L)
+        out = o.view(B, H, G, R, L, -1).transpose(2, 3)
+    else:
+        out = _attend_blocks(qb, 0, k_ext[:, :, 1:], v_ext[:, :, 1:], k_ext[:, :, :-1], v_ext[:, :, :-1],
+                             z_ext[:, :, :-1] < S, agg_sum if agg_cache else None,
+                             agg_cnt if agg_cache else None, codebook, bb, L)
     new = VQAttentionState(pos=st.pos + T, prev_k=k_ext[:, :, -1], prev_v=v_ext[:, :, -1], prev_z=z_ext[:, :, -1],
                            cur_k=st.cur_k, cur_v=st.cur_v, cur_z=st.cur_z,
                            agg_sum=st.agg_sum + cum_sum[:, :, R - 1], agg_count=st.agg_count + cum_cnt[:, :, R - 1])
@@ -280,9 +289,14 @@ def vq_attention(q: Tensor, k_hat: Tensor, v: Tensor, codes: Tensor, codebook: T
     ``kernel`` picks the implementation of whole-block pieces: ``"eager"`` is the readable definition
     (all blocks batched, plain autograd); ``"chunked"`` (``vq_chunked.py``) computes the same in chunks
     of blocks with a recomputing backward, so its working memory does not grow with T (``chunk_bytes``
-    bounds one chunk's score tensor; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
-    rows so that most of the causal mask is skipped; default 2 for L >= 64). Pieces inside
-    one block (sampling, ragged ends) always take the eager path.
+    bounds one chunk's working set: scores, keys, values and cache tensors; default 8 MiB on CPU, 1 GiB on CUDA; ``row_tiles`` splits each block's
+    rows so that most of the causal mask is skipped; default 2 for L >= 64); ``"flex"`` (``vq_flex.py``)
+    is one fused FlexAttention call, the GPU path. Pieces inside one block (sampling, ragged ends) always
+    take the eager path.
+
+    Mixed precision: under autocast (bf16/fp16) the score and value products run in the low precision;
+    scores are cast to fp32 before the softmax, whose statistics (max, log-sum-exp), the codebook counts
+    and the per-code value sums stay in fp32 in every kernel.
     """
     if kernel not in KERNELS:
         raise ValueError(f"vq_attention: kernel={kernel!r} is unknown; choose one of {KERNELS}")

@@ -13,7 +13,8 @@ columns and, on the local columns, the band bias, the causal mask and the empty-
 column j of in-block row i is at distance ``d = i + L - j`` (previous block: j < L).
 
 Two savings over the eager form:
-- Blocks are processed in chunks whose score tensor stays under a byte budget. Forward keeps only its
+- Blocks are processed in chunks whose working set (scores, keys, values and the per-block cache
+  tensors: ``chunk_bytes_per_block``) stays under a byte budget. Forward keeps only its
   inputs, the output, the row log-sum-exp and one cache snapshot per chunk; backward recomputes each
   chunk's scores (one matmul more than plain autograd's six). The working memory is one chunk, reused
   chunk after chunk: on CPU, tensors sized by the whole sequence are fresh mappings the kernel must
@@ -65,6 +66,29 @@ def _block_counts(z: Tensor, S: int, dtype) -> Tensor:
         -1, z, torch.ones_like(z, dtype=dtype))[..., :S]
 
 
+def chunk_bytes_per_block(B: int, H: int, M: int, L: int, S: int, Dk: int, Dv: int, agg_cache: bool,
+                          itemsize: int) -> int:
+    """Bytes one block adds to a chunk's working set, forward or backward, whichever is larger (backward).
+
+    Not only the score tensor: per block the cache alone is a handful of [S, Dv] tensors (block sums, their
+    prefix sum, the padded copy, U_n, the means, and in backward their gradient and its suffix sums), and
+    the keys and values the scores read ([S+2L] x (Dk+Dv), with their gradients). With S = 512 these are
+    several times the scores; counting only the scores made chunks at long T far larger than the budget.
+    """
+    cols = (S if agg_cache else 0) + 2 * L
+    n = (2 * M * cols                        # scores, and in backward the score gradient next to them
+         + 2 * cols * (Dk + Dv)              # concatenated K, V (and dK, dV in backward)
+         + M * (Dk + 2 * Dv)                 # query rows, e @ V, the output tile
+         + (7 * S * Dv + 4 * S if agg_cache else 0))   # sums, cumsum, padded, U, means, d_mean, suffix; counts
+    return B * H * n * itemsize
+
+
+def chunk_blocks(B, H, R, M, L, S, Dk, Dv, agg_cache, itemsize, chunk_bytes) -> int:
+    """Blocks per chunk so that a chunk's working set stays within ``chunk_bytes`` (at least one block)."""
+    per_block = chunk_bytes_per_block(B, H, M, L, S, Dk, Dv, agg_cache, itemsize)
+    return max(1, min(R, chunk_bytes // per_block))
+
+
 class _Chunk:
     """Keys, values and cache of blocks n0..n1-1; ``scores`` gives one row tile's scores."""
 
@@ -97,7 +121,7 @@ class _Chunk:
         if self.agg:
             K, V = torch.cat([self.code_k, K], dim=-2), torch.cat([self.code_v, V], dim=-2)
         q = _rows(self.q, G, r0, r1).flatten(3, 4).to(K.dtype)
-        s = q @ K.transpose(-1, -2)
+        s = (q @ K.transpose(-1, -2)).to(K.dtype)    # under autocast a bf16 product; the softmax stays fp32
         idx, hidden, h0 = layout
         loc = s[..., S_cols:]
         if self.bias is not None:
@@ -117,10 +141,11 @@ class _Chunked(torch.autograd.Function):
                 chunk_bytes, row_tiles):
         B, H, R, M, Dk = q.shape
         S, acc = codebook.shape[1], agg_sum0.dtype
-        per_block = B * H * M * ((S if agg_cache else 0) + 2 * L) * torch.finfo(acc).bits // 8
-        C = max(1, min(R, chunk_bytes // max(per_block, 1)))
+        C = chunk_blocks(B, H, R, M, L, S, Dk, v_ext.shape[-1], agg_cache, torch.finfo(acc).bits // 8, chunk_bytes)
         tiles = _row_tiles(L, row_tiles)
         ctx.geometry = (L, S, C, tiles, agg_cache, grad_thru_cache)
+        dev = q.device.type     # backward runs outside autocast: it re-enters it for the same products
+        ctx.amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         layouts = {t: _local_layout(L, *t, M // L, agg_cache, q.device) for t in tiles}
 
         out = q.new_empty(B, H, R, M, v_ext.shape[-1], dtype=acc)
@@ -136,7 +161,7 @@ class _Chunked(torch.autograd.Function):
                 e = s.sub_(m).exp_()
                 l = e.sum(dim=-1, keepdim=True)
                 G = M // L
-                _rows(out[:, :, n0:n1], G, r0, r1)[:] = (e @ V).div_(l).unflatten(3, (G, -1))
+                _rows(out[:, :, n0:n1], G, r0, r1)[:] = (e @ V).to(l.dtype).div_(l).unflatten(3, (G, -1))
                 _rows(lse[:, :, n0:n1], G, r0, r1)[:] = (m + l.log()).unflatten(3, (G, -1))
             run = chunk.after
         ctx.snapshots = snapshots
@@ -145,6 +170,12 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
+        dev = d_out.device.type
+        with torch.autocast(dev, dtype=ctx.amp or torch.get_autocast_dtype(dev), enabled=ctx.amp is not None):
+            return _Chunked._backward(ctx, d_out)
+
+    @staticmethod
+    def _backward(ctx, d_out):
         q, k_ext, v_ext, z_ext, bias, codebook, out, lse = ctx.saved_tensors
         L, S, C, tiles, agg_cache, grad_thru_cache = ctx.geometry
         R, M = q.shape[2], q.shape[3]
@@ -170,7 +201,7 @@ class _Chunked(torch.autograd.Function):
                 p = s.sub_(rows(lse)).exp_()
                 do = rows(d_out)
                 dV = p.transpose(-1, -2) @ do                           # [B,H,c,S_cols+L+r1,Dv]
-                ds = (do @ V.transpose(-1, -2)).sub_(rows(delta)).mul_(p)
+                ds = (do @ V.transpose(-1, -2)).to(acc).sub_(rows(delta)).mul_(p)
                 _rows(dq[:, :, n0:n1], G, r0, r1)[:] = (ds @ K).unflatten(3, (G, -1))
                 k0 = 0 if want_code else S_cols
                 dK = ds[..., k0:].transpose(-1, -2) @ qt

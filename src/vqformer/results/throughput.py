@@ -51,17 +51,18 @@ def ratios(points: list[dict], params: dict[str, dict]) -> list[dict]:
     """VQ over every baseline arm of the same level/config/head type and length (both measured)."""
     out = []
     by_key = {}
-    for r in points:
-        by_key.setdefault((r["level"], r["config"], r["head_type"], r["T"]), {})[r["attn"]] = r
+    for r in points:   # kernel-level VQ variants (vq_flex, ...) are keyed by arm, everything else by attn
+        key = r["arm"] if r["level"] == "kernel" and str(r.get("arm", "")).startswith("vq_") else r["attn"]
+        by_key.setdefault((r["level"], r["config"], r["head_type"], r["T"]), {})[key] = r
     order = lambda kv: (kv[0][0], kv[0][1], HEAD_ORDER.get(kv[0][2], 9), kv[0][2], kv[0][3])
     for (level, config, head, T), arms in sorted(by_key.items(), key=order):
-        vq = arms.get("vq")
         p = params.get(config, {})
         fr = flop_ratio(T, p["n_code"], p["block_len"]) if "n_code" in p else None
-        for base, r in arms.items():
-            if base == "vq":
-                continue
-            entry = {"level": level, "config": config, "head_type": head, "T": T, "baseline": base, "flop_ratio": fr}
+        is_vq = lambda n: n == "vq" or n.startswith("vq_")
+        vqs = [(n, a) for n, a in arms.items() if is_vq(n)] or [("vq", None)]
+        for name, vq, base, r in [(n, a, b, r) for n, a in vqs for b, r in arms.items() if not is_vq(b)]:
+            entry = {"level": level, "config": config if name == "vq" else f"{config}:{name}", "head_type": head,
+                     "T": T, "baseline": base, "flop_ratio": fr}
             if vq is not None and _ok(vq) and _ok(r):
                 entry.update(vq_tokens_per_s=vq["tokens_per_s"], base_tokens_per_s=r["tokens_per_s"],
                              ratio=vq["tokens_per_s"] / r["tokens_per_s"])
@@ -83,10 +84,11 @@ def targets(points: list[dict], rat: list[dict]) -> list[dict]:
             if e.get("ratio") is None or not e.get("flop_ratio"):
                 continue
             need = KERNEL_FRACTION * e["flop_ratio"]
-            rows.append({"target": f"kernel VQ/{base} at T={e['T']} >= 80% of FLOP ratio {e['flop_ratio']:.2f}",
+            arm = "VQ" if e["config"] == "kernel" else e["config"].split(":", 1)[1]
+            rows.append({"target": f"kernel {arm}/{base} at T={e['T']} >= 80% of FLOP ratio {e['flop_ratio']:.2f}",
                          "required": need, "measured": e["ratio"], "status": "met" if e["ratio"] >= need else "not met"})
     lo, hi, frac = SCALING
-    vq = {r["T"]: r for r in points if r["level"] == "kernel" and r["attn"] == "vq"}
+    vq = {r["T"]: r for r in points if r["level"] == "kernel" and r.get("arm", r["attn"]) == "vq"}
     t = {"target": f"kernel VQ tokens/s at T={hi} >= {frac} x tokens/s at T={lo}", "required": frac}
     if lo in vq and hi in vq and _ok(vq[lo]) and _ok(vq[hi]):
         t["measured"] = vq[hi]["tokens_per_s"] / vq[lo]["tokens_per_s"]
@@ -168,7 +170,8 @@ def flop_params(bench: dict) -> dict[str, dict]:
         out["layer"] = dict(bench["layer"]["model"])
     if bench.get("model"):
         for name, c in bench["model"]["configs"].items():
-            out[name] = dict(c["model"])
+            if c is not None:
+                out[name] = dict(c["model"])
     return out
 
 
