@@ -73,7 +73,7 @@ refresh-bench: ## copy the newest benchmark results ($(OUT)/bench/<device_tag>, 
 	git status --short -- experiments; git diff --stat -- experiments
 
 gpu-check: install ## GPU equivalence tests + kernel/model benchmark + remat memory + DDP (< 8 min, one H100/H200)
-	$(PY) -m vqformer.benchmark.gpu_check $(ARGS)
+	$(PY) -m vqformer.gpu_check $(ARGS)
 
 clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs

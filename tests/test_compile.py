@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqformer.nn import TransformerVQ, TransformerVQConfig
+from vqformer.models import TransformerVQ, TransformerVQConfig
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 TINY = dict(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4)

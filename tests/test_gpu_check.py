@@ -13,7 +13,8 @@ import torch
 
 from vqformer.benchmark import run
 from vqformer.benchmark.arms import build_step
-from vqformer.benchmark.gpu_check import compose, device_slug
+from vqformer.gpu_check import compose, device_slug
+from vqformer.results import throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnin
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_without_cuda_it_fails_fast_and_says_why(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "vqformer.benchmark.gpu_check", "--out", str(tmp_path / "x")],
+    p = subprocess.run([sys.executable, "-m", "vqformer.gpu_check", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 2
     assert "needs a CUDA device" in p.stderr and "Nothing was run" in p.stderr
@@ -65,6 +66,7 @@ def test_the_gpu_grid_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
         "bench.model.configs.paper_remat.lengths=[128]", f"bench.model.configs.paper_remat.model={tiny}, remat: true}}",
         f"out_dir={tmp_path}"])
     result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
+    throughput.write(result, tmp_path)     # what gpu_check does after the run
     for name in ("points.csv", "results.json", "table.md", "throughput.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     arms = {(r["level"], r["arm"]): r for r in result["points"]}
@@ -95,7 +97,7 @@ def test_cpu_kernels_grid_composes():
 def test_ddp_step_code_runs_on_cpu_with_gloo():
     """The DDP step of gpu-check, on CPU (gloo, 2 processes, tiny model): after the all-reduce both ranks
     hold the same gradient although they trained on different data."""
-    from vqformer.benchmark.gpu_check import run_ddp
+    from vqformer.gpu_check import run_ddp
     tiny = dict(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4)
     res = run_ddp(lambda *a: None, T=16, device_type="cpu", model_kw=tiny)
     assert res["status"] == "ok" and res["world"] == 2 and len(res["step_s"]) == 3

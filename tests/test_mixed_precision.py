@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from test_vq_attention import make_inputs
-from vqformer.nn import TransformerVQ, TransformerVQConfig
+from vqformer.models import TransformerVQ, TransformerVQConfig
 from vqformer.nn.functional import vq_attention, vq_attention_reference
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]

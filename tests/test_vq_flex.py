@@ -123,7 +123,7 @@ def test_gpu_kernels_equal_reference(agg_cache, kernel, dtype, tol_v, tol_g):
 @pytest.mark.parametrize("head_type", ["shga", "mqa"])
 def test_model_training_step_with_flex_equals_eager(head_type):
     """``model.kernel=flex`` through the whole model (float64): loss and every gradient equal eager."""
-    from vqformer.nn import TransformerVQ, TransformerVQConfig
+    from vqformer.models import TransformerVQ, TransformerVQConfig
     tiny = dict(vocab_size=11, d_model=16, d_k=8, d_v=16, n_layer=1, n_code=8, block_len=4, head_type=head_type)
     tokens = torch.randint(0, 11, (2, 17), generator=torch.Generator().manual_seed(0))
     grads = {}

@@ -1,6 +1,6 @@
 """`make gpu-check`: everything the CPU cannot show, in one run of < 8 min on one H100/H200.
 
-    python -m vqformer.benchmark.gpu_check [--out experiments/throughput/<device>] [--skip-tests] [--plan]
+    python -m vqformer.gpu_check [--out logs/bench/<device>] [--skip-tests] [--plan]
 
 1. GPU equivalence tests: ``pytest -m gpu`` over the kernel test files (eager, chunked and flex on CUDA,
    fp32 and bf16 autocast, against the float64 reference; the flex case checks FlexAttention's fused
@@ -12,8 +12,8 @@
 3. A 2-GPU DDP training step (190M shga, 8k per GPU) when two GPUs exist: gradients agree across ranks
    after the all-reduce.
 
-Results go to ``experiments/throughput/<device name>/`` (e.g. ``nvidia-h100-80gb-hbm3``) with a
-``gpu_check.json`` summary. Without CUDA it stops at once with exit status 2.
+Results go to ``logs/bench/<device name>/`` (e.g. ``nvidia-h100-80gb-hbm3``) with a ``gpu_check.json``
+summary; ``make refresh-bench`` copies them into ``experiments/throughput/`` to be committed. Without CUDA it stops at once with exit status 2.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_TESTS = ["tests/test_vq_flex.py", "tests/test_mixed_precision.py"]
 TEST_TIMEOUT_S = 300          # mostly FlexAttention compiles (forward + backward per shape)
 
@@ -73,7 +73,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, T: int, out_file: str, de
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from vqformer.nn.model import TransformerVQ, TransformerVQConfig
+    from vqformer.models import TransformerVQ, TransformerVQConfig
 
     cuda = device_type == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}", rank=rank,
@@ -119,7 +119,7 @@ def run_ddp(log, T: int = 8192, device_type: str = "cuda", model_kw: dict | None
 
     import torch.multiprocessing as mp
 
-    from vqformer.benchmark.gpu_check import _ddp_worker as worker   # picklable by name under `python -m`
+    from vqformer.gpu_check import _ddp_worker as worker   # picklable by name under `python -m`
 
     with tempfile.TemporaryDirectory() as tmp:
         out_file = str(Path(tmp) / "ddp.json")
@@ -148,16 +148,18 @@ def main(argv=None) -> int:
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). Nothing was run.", file=sys.stderr)
         return 2
 
-    from . import run
+    from .benchmark import run
+    from .results import throughput
     name = torch.cuda.get_device_name(0)
     tag = device_slug(name)
-    out_dir = Path(args.out) if args.out else ROOT / "experiments" / "throughput" / tag
+    out_dir = Path(args.out) if args.out else ROOT / "logs" / "bench" / tag   # `make refresh-bench` records it
     t0 = time.perf_counter()
     summary = {"device": name, "device_count": torch.cuda.device_count(), "torch": torch.__version__}
     summary["tests"] = {"status": "skipped"} if args.skip_tests else run_tests(log)
     cfg = compose(tag, [f"out_dir={out_dir}", *args.overrides])
-    command = "python -m vqformer.benchmark.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m vqformer.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run(cfg, out_dir, command=command.strip(), log=log)
+    throughput.write(res, out_dir)
     summary["targets"] = res["targets"]
     remat = [p for p in res["points"] if p["config"] == "paper_remat"]
     summary["remat_131k"] = [{k: p.get(k) for k in ("arm", "T", "status", "mem_peak_mb", "mem_delta_mb",
