@@ -4,7 +4,7 @@ PY_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-HARDWARE ?= cpu
+HARDWARE ?= auto
 ARGS ?=
 
 .PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench clean-logs

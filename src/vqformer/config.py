@@ -20,10 +20,34 @@ def short_dirname(name: str, max_len: int = 120) -> str:
     return f"{name[:max_len - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
 
 
+def auto_hardware() -> dict:
+    """``hardware=auto``: every visible GPU (DDP when several) with bf16 autocast, else one CPU process.
+
+    GPUs without bf16 (before Ampere) train in fp32: fp16 autocast would need loss scaling this model is not
+    tested with.
+    """
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true"}
+    return {"accelerator": "gpu", "devices": n, "strategy": "ddp" if n > 1 else "auto",
+            "precision": "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"}
+
+
+def _hardware(key: str):
+    choice = auto_hardware()
+    if key not in choice:
+        raise ConfigError(f"${{vqformer.hardware:{key}}}: unknown key; choose one of {sorted(choice)}")
+    return choice[key]
+
+
 def register_resolvers() -> None:
     """Named, pure resolvers only (no `eval`); must run before Hydra composes a config."""
     if not OmegaConf.has_resolver("vqformer.dirname"):
         OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+    if not OmegaConf.has_resolver("vqformer.hardware"):
+        OmegaConf.register_new_resolver("vqformer.hardware", _hardware)
 
 
 register_resolvers()   # importing the config module (as the compose-API tests do) is enough
