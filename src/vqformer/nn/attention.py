@@ -64,11 +64,15 @@ class AttentionUnit(nn.Module):
         self.w_k = dense(D, self.h_kv * Dk)
         self.w_v = dense(D, self.h_kv * self.d_v)
         self.w_g = dense(D, self.h_q * self.d_v) if self.gated else None
-        self.w_r = dense(D, self.h_r * Dk)
+        # Only units that use the relative position bias own its projection and offsets: a parameter
+        # without gradient stalls DDP. w_r is drawn anyway so the other weights' init does not change.
+        rel = self.attn_type == "swa" or (self.attn_type in ("full", "vq") and not cfg.global_nope)
+        w_r = dense(D, self.h_r * Dk)
+        self.w_r = w_r if rel else None
         self.w_o = dense(self.h_q * self.d_v, D)
         # 1-D like the official u, v: excluded from weight decay by the ndim rule (§4.2).
-        self.xl_u = nn.Parameter(torch.zeros(self.h_q * Dk))
-        self.xl_v = nn.Parameter(torch.zeros(self.h_q * Dk))
+        self.xl_u = nn.Parameter(torch.zeros(self.h_q * Dk)) if self.attn_type != "ovq" else None
+        self.xl_v = nn.Parameter(torch.zeros(self.h_q * Dk)) if rel else None
         self.quantizer = (VectorQuantizer(self.h_kv, cfg.n_code, Dk, cfg.c_gamma)
                           if self.attn_type == "vq" else None)
         self.ovq_opts, self.ovq_log_beta = None, None
@@ -113,7 +117,7 @@ class AttentionUnit(nn.Module):
         if self.gated:
             v = F.silu(v)
         qu = q + self.xl_u.view(self.h_q, 1, -1) * scale
-        qv = q + self.xl_v.view(self.h_q, 1, -1) * scale
+        qv = q + self.xl_v.view(self.h_q, 1, -1) * scale if self.xl_v is not None else None
 
         nope = cfg.global_nope
         if self.attn_type == "swa":
