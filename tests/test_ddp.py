@@ -154,6 +154,6 @@ def test_cpu_ddp_launched_by_lightning(tmp_path):
            f"hydra.run.dir={tmp_path / 'run'}"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "[vqformer] hardware: cpu x2 x1 nodes, strategy ddp" in out.stdout
+    assert "[vqformer] hardware: cpu x 2 on 1 node(s), strategy ddp" in out.stdout
     metrics = json.loads((tmp_path / "run" / DONE).read_text())
     assert metrics["step"] == 2 and metrics["val/tokens"] == 2048

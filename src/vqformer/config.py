@@ -110,7 +110,17 @@ def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
             raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
 
 
+def check_distributed(cfg: DictConfig) -> None:
+    """Our data modules shard by rank themselves; Lightning's sampler on top would shard them again."""
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    if "ddp" in strategy and OmegaConf.select(cfg, "trainer.use_distributed_sampler", default=True) is not False:
+        raise ConfigError(f"trainer.strategy={strategy} needs trainer.use_distributed_sampler=false: the data "
+                          "modules shard training windows and evaluation sets by rank themselves "
+                          "(hardware=cpu_ddp, gpu_ddp, auto and slurm_* set it)")
+
+
 def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+    check_distributed(cfg)
     mcfg = model_config(cfg)
     T = _positive_int(cfg, "sequence_len")
     W = _positive_int(cfg, "update_len")

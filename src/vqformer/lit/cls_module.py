@@ -53,8 +53,10 @@ class ClassifyModule(L.LightningModule):
     # ------------------------------------------------------------------ building from a composed config
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
-        from ..config import ConfigError, _positive_int
+        from ..config import ConfigError, _positive_int, check_distributed
         from ..data.lra.tasks import TASKS
+
+        check_distributed(cfg)
 
         kwargs = OmegaConf.to_container(cfg.model, resolve=True)
         unknown = set(kwargs) - set(LongVQConfig.__dataclass_fields__)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, _positive_int, model_config
+from ..config import ConfigError, _positive_int, check_distributed, model_config
 from .lm_module import LMModule
 from .metrics import SegmentRecall
 
@@ -28,6 +28,7 @@ class RecallModule(LMModule):
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
+        check_distributed(cfg)
         mcfg = model_config(cfg)
         for key in ("update_len", "eval_window", "trainer.max_steps", "ckpt_every", "data.batch_size",
                     "data.vocab_size"):
