@@ -24,7 +24,7 @@ from test_configs import make_cfg  # noqa: E402
 from vqformer.lit import lm_module, metrics  # noqa: E402
 from vqformer.nn.quantizer import VectorQuantizer  # noqa: E402
 
-record = {"losses": [], "ema_reduces": [], "stray_ema_reduces": 0, "scored_tokens": 0.0}
+record = {"losses": [], "seeds": [], "ema_reduces": [], "stray_ema_reduces": 0, "scored_tokens": 0.0}
 _ema_buffers: set[int] = set()
 _in_update = []
 
@@ -60,6 +60,7 @@ _log_train = lm_module.LMModule._log_train
 
 def _recording_log_train(self, loss, *args):
     record["losses"].append(float(loss))
+    record["seeds"].append(torch.initial_seed())   # the batch's dropout seed (set in training_step)
     return _log_train(self, loss, *args)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_lra import TINY as LRA_TINY
 from test_recall import TINY as RECALL_TINY
 from test_train import REPO, TINY
 from vqformer.lit.runner import DONE
@@ -95,6 +96,8 @@ def test_two_ranks_equal_one_rank_of_the_same_global_batch(runs):
     for r in (r0, r1):
         assert r["ema_reduces"] == [2] * (6 * n_quantizers) and r["stray_ema_reduces"] == 0
     assert one["ema_reduces"] == [0] * (6 * n_quantizers)   # one process: nothing to reduce
+    # Rank 0 draws the single-process dropout seeds, rank 1 its own (else both drop the same units).
+    assert r0["seeds"] == one["seeds"] and not set(r0["seeds"]) & set(r1["seeds"])
 
 
 def test_validation_is_sharded_and_sums_to_the_single_process_value(runs):
@@ -131,29 +134,43 @@ def test_resume_under_ddp_is_exact(runs):
         assert r["metrics"] == straight["metrics"]
 
 
-@pytest.mark.parametrize("model", ["recall_sw_ovq", "recall_swa"])
-def test_recall_arms_train_under_ddp_and_evaluate_with_synced_accuracy(tmp_path, model):
-    cfg = ["experiment=recall/mqar_L64_D4", *RECALL_TINY, f"model={model}", "hardware=cpu_ddp", "logger=csv",
-           "data.batch_size=4", f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}",
-           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+RECALL = ["experiment=recall/mqar_L64_D4", *RECALL_TINY, "data.batch_size=4"]
+ARMS = {   # task config (2 ranks), the metrics its evaluation reduces over ranks
+    "recall_sw_ovq": ([*RECALL, "model=recall_sw_ovq"], ["val/acc", "val/acc/L32_D2", "val/acc/L64_D8", "val/loss"]),
+    "recall_swa": ([*RECALL, "model=recall_swa"], ["val/acc", "val/acc/L32_D2", "val/acc/L64_D8", "val/loss"]),
+    "lra_listops": ([*LRA_TINY, "data.batch_size=4", "data.limit_eval_examples=13", "trainer.max_steps=4"],
+                    ["val/acc", "val/loss"]),
+}
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_arms_train_under_ddp_and_evaluate_with_synced_metrics(tmp_path, arm):
+    cfg, keys = ARMS[arm]
+    cfg = [*cfg, "hardware=cpu_ddp", "logger=csv", f"paths.data_dir={tmp_path / 'data'}",
+           f"paths.log_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     r0, r1 = launch(tmp_path / "out", 2, "train", tmp_path / "run", *cfg)
     assert r0["world_size"] == 2 and r0["metrics"]["step"] == 4
-    for k, v in r0["params"].items():   # every parameter got its synced gradient
+    for k, v in r0["params"].items():   # every parameter got its synced gradient (OVQ: none is unused)
         assert torch.equal(v, r1["params"][k]), k
-    # Accuracy summed over both ranks' shards equals the accuracy one process computes on the whole set.
+    # Accuracy and loss reduced over both ranks' shards (an odd number of examples for LRA, so one rank
+    # scores a padding example) equal what one process computes on the whole set.
     single = launch(tmp_path / "val1", 1, "validate", tmp_path / "run")[0]["metrics"]
-    for key in ("val/acc", "val/acc/L32_D2", "val/acc/L64_D8", "val/loss"):
+    for key in keys:
         assert r0["metrics"][key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
     assert r0["metrics"] == r1["metrics"]
 
 
-def test_cpu_ddp_launched_by_lightning(tmp_path):
-    """``python -m vqformer.train hardware=cpu_ddp``: Lightning starts the second process itself."""
+@pytest.mark.parametrize("multirun", [False, True])
+def test_cpu_ddp_launched_by_lightning(tmp_path, multirun):
+    """``python -m vqformer.train hardware=cpu_ddp``: Lightning starts the second process itself, also inside
+    a one-job ``-m`` (what ``make repro-enwik8`` runs with hardware=auto on a multi-GPU node)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "vqformer.train", *lm_cfg(tmp_path, 2, "trainer.max_steps=2"),
-           f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-m", "vqformer.train", *(["-m"] if multirun else []),
+           *lm_cfg(tmp_path, 2, "trainer.max_steps=2"), f"hydra.run.dir={tmp_path / 'logs' / 'run'}"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "[vqformer] hardware: cpu x 2 on 1 node(s), strategy ddp" in out.stdout
-    metrics = json.loads((tmp_path / "run" / DONE).read_text())
+    assert out.stdout.count("[vqformer] hardware: cpu x 2 on 1 node(s), strategy ddp") == 1
+    (done,) = (tmp_path / "logs").rglob(DONE)   # both ranks trained one run in one directory
+    metrics = json.loads(done.read_text())
     assert metrics["step"] == 2 and metrics["val/tokens"] == 2048
+    assert "sync_dist" not in out.stderr

@@ -237,7 +237,7 @@ class ResumableDataLoader(DataLoader):
 
     def _window_sampler(self) -> WindowSampler | None:
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
-        # Under DDP Lightning swaps in its own distributed sampler; exact resume is then not offered.
+        # Lightning's own distributed sampler would replace ours (config.check_distributed refuses it).
         return sampler if isinstance(sampler, WindowSampler) else None
 
     def __iter__(self):

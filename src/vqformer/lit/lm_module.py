@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -34,6 +35,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..nn import TransformerVQ, TransformerVQConfig
 from .metrics import TokenNLL, derived, text_metrics
 from .optim import build_optimizer, warmup_cosine
+
+
+# Evaluation metrics are summed over the ranks before they are logged (identical on every rank).
+warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('(val|test)/.*sync_dist=True")
 
 
 class LMModule(L.LightningModule):
