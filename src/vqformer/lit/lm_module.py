@@ -15,7 +15,9 @@ micro-batches are accumulated inside each window, so the EMA statistics cover th
 Under DDP (docs/cluster.md; tests/test_ddp.py shows a 2-rank run equals a 1-rank run of the same global
 batch): Lightning prepares DDP's reducer at every ``manual_backward``, so each backward would all-reduce the
 gradients; the micro-batches of a window run under ``no_sync`` but the last, whose backward all-reduces the
-accumulated gradients once per update. DDP averages gradients over ranks, so each rank's NLL is divided by
+accumulated gradients. (DDP's own forward at the start of ``training_step`` also prepares the reducer, so the
+step's first backward is reduced too: averaging an already averaged part again changes nothing.) DDP
+averages gradients over ranks, so each rank's NLL is divided by
 the window's tokens summed over all ranks and multiplied by the world size: the update is the global
 token mean whatever the padding per rank. The quantizer all-reduces its EMA statistics once per update
 (``VectorQuantizer.update``). Dropout is seeded per rank, or both ranks would drop the same units.
