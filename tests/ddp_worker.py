@@ -3,8 +3,8 @@
 ``python tests/ddp_worker.py OUT MODE RUN_DIR [override ...]`` with RANK / LOCAL_RANK / WORLD_SIZE /
 MASTER_ADDR / MASTER_PORT in the environment (Lightning then joins that process group instead of launching
 its own processes). MODE ``train`` trains with the harness (``vqformer.lit.runner.train``), ``crash@N``
-trains and stops every rank after update N (its checkpoint written), ``validate`` scores RUN_DIR's
-last.ckpt. Writes OUT/rank{R}.pt: what the test compares (per-update losses, codebooks, parameters, how
+trains and stops every rank after update N, ``validate`` scores RUN_DIR's last.ckpt, ``grad`` records
+the gradients of one batch whose ranks score different numbers of tokens. Writes OUT/rank{R}.pt: what the test compares (per-update losses, codebooks, parameters, how
 often each EMA statistic was all-reduced, the tokens each rank scored, the final metrics).
 """
 from __future__ import annotations
@@ -86,10 +86,35 @@ class Keep(L.Callback):
         if self.crash_at is not None and trainer.global_step >= self.crash_at:
             raise RuntimeError("simulated preemption")
 
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        record.setdefault("grads", []).append({k: p.grad.clone() for k, p in module.named_parameters()
+                                               if p.grad is not None})
+
     def on_train_end(self, trainer, module):
         record["params"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         record["world_size"] = trainer.world_size
         record["backend"] = dist.get_backend() if dist.is_initialized() else None
+
+
+def grad_step(overrides: list[str]) -> None:
+    """One batch (2 updates) in float64 on rows whose scored tokens differ by rank, gradients recorded."""
+    from torch.utils.data import DataLoader
+
+    from vqformer.lit.lm_module import LMModule
+
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    L.seed_everything(0)
+    module = LMModule.from_config(make_cfg(*overrides))
+    g = torch.Generator().manual_seed(0)
+    B, T = 4, 64
+    inputs, targets = torch.randint(3, 259, (2, B, T), generator=g)
+    mask = torch.arange(T)[None] < torch.tensor([64, 40, 64, 8])[:, None]   # rank 1's rows score fewer tokens
+    rows = [{"inputs": inputs[i], "targets": targets[i], "mask": mask[i]} for i in range(rank, B, world)]
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",
+                        precision="64-true", max_steps=2, use_distributed_sampler=False, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Keep()])
+    trainer.fit(module, train_dataloaders=DataLoader(rows, batch_size=len(rows)))
 
 
 def main() -> None:
@@ -105,6 +130,8 @@ def main() -> None:
         record["metrics"] = {k: float(v) for k, v in
                              trainer.validate(module, datamodule=build_datamodule(run_config(run_dir)),
                                               verbose=False)[0].items()}
+    elif mode == "grad":
+        grad_step(overrides)
     else:
         from vqformer.lit.runner import train
         crash_at = int(mode.split("@")[1]) if mode.startswith("crash@") else None

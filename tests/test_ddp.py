@@ -100,6 +100,21 @@ def test_two_ranks_equal_one_rank_of_the_same_global_batch(runs):
     assert r0["seeds"] == one["seeds"] and not set(r0["seeds"]) & set(r1["seeds"])
 
 
+def test_gradient_is_the_global_token_mean_when_ranks_score_different_token_counts(tmp_path):
+    """Rank 0's rows score 64 and 64 tokens per window, rank 1's 40 and 8 (padding, or recall's query
+    masks): the synced gradient is still the 1-process gradient of the whole batch (float64)."""
+    cfg = [*LM, "hardware=cpu", f"paths.data_dir={tmp_path / 'data'}"]
+    one = launch(tmp_path / "one", 1, "grad", tmp_path, *cfg)[0]
+    r0, r1 = launch(tmp_path / "two", 2, "grad", tmp_path, *cfg)
+    assert len(one["grads"]) == len(r0["grads"]) == 2   # two updates (windows), 2 micro-batches per rank each
+    for g1, g0, gr1 in zip(one["grads"], r0["grads"], r1["grads"]):
+        assert g0.keys() == g1.keys()
+        for k, v in g1.items():
+            assert v.dtype == torch.float64
+            assert torch.equal(g0[k], gr1[k]), k
+            assert torch.allclose(g0[k], v, rtol=1e-9, atol=1e-12), k
+
+
 def test_validation_is_sharded_and_sums_to_the_single_process_value(runs):
     tmp, one, (r0, r1) = runs
     m1, m2 = one["metrics"], r0["metrics"]
@@ -147,7 +162,8 @@ ARMS = {   # task config (2 ranks), the metrics its evaluation reduces over rank
 def test_arms_train_under_ddp_and_evaluate_with_synced_metrics(tmp_path, arm):
     cfg, keys = ARMS[arm]
     cfg = [*cfg, "hardware=cpu_ddp", "logger=csv", f"paths.data_dir={tmp_path / 'data'}",
-           f"paths.log_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+           f"paths.log_dir={tmp_path / 'logs'}", "trainer.enable_progress_bar=false",
+           "trainer.enable_model_summary=false"]
     r0, r1 = launch(tmp_path / "out", 2, "train", tmp_path / "run", *cfg)
     assert r0["world_size"] == 2 and r0["metrics"]["step"] == 4
     for k, v in r0["params"].items():   # every parameter got its synced gradient (OVQ: none is unused)

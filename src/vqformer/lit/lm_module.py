@@ -136,8 +136,8 @@ class LMModule(L.LightningModule):
             self.model.update_codebooks()
             self.tokens_seen += int(n_tok.item())
             # The logged loss and commitment are those of the global batch (every rank logs the same).
-            sums = self._sum_ranks(torch.stack([torch.as_tensor(nll_total, dtype=torch.float32, device=mask.device),
-                                                torch.as_tensor(commit_total, dtype=torch.float32, device=mask.device)]))
+            sums = self._sum_ranks(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=mask.device)
+                                                for v in (nll_total, commit_total)]))
             self._log_train(sums[0] / n_tok, sums[1] / world, stats, sched)
         self.log("train/tokens_per_s", float(mask.sum()) * world / (time.perf_counter() - t_start), on_step=True)
         return None
