@@ -4,7 +4,7 @@ PY_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-HARDWARE ?= cpu
+HARDWARE ?= auto
 ARGS ?=
 # New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
 OUT ?= logs

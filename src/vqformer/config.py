@@ -20,10 +20,34 @@ def short_dirname(name: str, max_len: int = 120) -> str:
     return f"{name[:max_len - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
 
 
+def auto_hardware() -> dict:
+    """``hardware=auto``: every visible GPU (DDP when several) with bf16 autocast, else one CPU process.
+
+    GPUs without bf16 (before Ampere) train in fp32: fp16 autocast would need loss scaling this model is not
+    tested with.
+    """
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true"}
+    return {"accelerator": "gpu", "devices": n, "strategy": "ddp" if n > 1 else "auto",
+            "precision": "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"}
+
+
+def _hardware(key: str):
+    choice = auto_hardware()
+    if key not in choice:
+        raise ConfigError(f"${{vqformer.hardware:{key}}}: unknown key; choose one of {sorted(choice)}")
+    return choice[key]
+
+
 def register_resolvers() -> None:
     """Named, pure resolvers only (no `eval`); must run before Hydra composes a config."""
     if not OmegaConf.has_resolver("vqformer.dirname"):
         OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+    if not OmegaConf.has_resolver("vqformer.hardware"):
+        OmegaConf.register_new_resolver("vqformer.hardware", _hardware)
 
 
 register_resolvers()   # importing the config module (as the compose-API tests do) is enough
@@ -89,7 +113,17 @@ def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
             raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
 
 
+def check_distributed(cfg: DictConfig) -> None:
+    """Our data modules shard by rank themselves; Lightning's sampler on top would shard them again."""
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    if "ddp" in strategy and OmegaConf.select(cfg, "trainer.use_distributed_sampler", default=True) is not False:
+        raise ConfigError(f"trainer.strategy={strategy} needs trainer.use_distributed_sampler=false: the data "
+                          "modules shard training windows and evaluation sets by rank themselves "
+                          "(hardware=cpu_ddp, gpu_ddp, auto and slurm_* set it)")
+
+
 def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+    check_distributed(cfg)
     mcfg = model_config(cfg)
     T = _positive_int(cfg, "sequence_len")
     W = _positive_int(cfg, "update_len")

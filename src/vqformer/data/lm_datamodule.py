@@ -41,6 +41,7 @@ __all__ = [
     "VOCAB_SIZE",
     "ByteLMDataModule",
     "EvalSequenceDataset",
+    "RankShard",
     "ResumableDataLoader",
     "TrainWindowDataset",
     "WindowSampler",
@@ -131,6 +132,47 @@ class EvalSequenceDataset(Dataset):
         return _example(self.tokens.array[start:end], self.sequence_len, self.offset)
 
 
+def blank_mask(item: dict) -> dict:
+    """The same example with nothing to score (mask all False): padding of a rank's evaluation shard."""
+    return {**item, "mask": torch.zeros_like(item["mask"])}
+
+
+class RankShard(Dataset):
+    """Rank ``rank``'s share of an evaluation set under DDP: items ``rank, rank + world, ...``.
+
+    Every rank gets ``ceil(n / world)`` items, the missing ones ``blank(item)`` (weight zero), so all ranks
+    run the same number of batches and the sums of every rank add up to the single-process sums exactly
+    (Lightning's DistributedSampler would instead repeat items, counting them twice).
+    """
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int, blank=blank_mask):
+        self.dataset, self.rank, self.world_size, self.blank = dataset, rank, world_size, blank
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.world_size)
+
+    def __getitem__(self, i: int):
+        j = i * self.world_size + self.rank
+        if j < len(self.dataset):
+            return self.dataset[j]
+        return self.blank(self.dataset[len(self.dataset) - 1])
+
+
+def shard_eval_loader(loader: DataLoader, rank: int, world_size: int, blank=blank_mask) -> DataLoader:
+    """``loader`` over this rank's ``RankShard`` (itself when there is one process)."""
+    if world_size == 1:
+        return loader
+    return DataLoader(RankShard(loader.dataset, rank, world_size, blank), batch_size=loader.batch_size,
+                      shuffle=False, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                      persistent_workers=loader.persistent_workers)
+
+
+def trainer_rank(datamodule: L.LightningDataModule) -> tuple[int, int]:
+    """(global rank, world size) of the attached trainer, (0, 1) without one."""
+    trainer = datamodule.trainer
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
 class WindowSampler(Sampler[int]):
     """Yields window start offsets for one epoch; see the module docstring for the scheme."""
 
@@ -195,7 +237,7 @@ class ResumableDataLoader(DataLoader):
 
     def _window_sampler(self) -> WindowSampler | None:
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
-        # Under DDP Lightning swaps in its own distributed sampler; exact resume is then not offered.
+        # Lightning's own distributed sampler would replace ours (config.check_distributed refuses it).
         return sampler if isinstance(sampler, WindowSampler) else None
 
     def __iter__(self):
@@ -359,7 +401,7 @@ class ByteLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         path = self._split_path("train")
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = trainer_rank(self)
         sampler = WindowSampler(self._n_tokens(path), self.sequence_len, self.seed, rank, world,
                                 shift=self.shift_windows)
         return ResumableDataLoader(
@@ -382,9 +424,11 @@ class ByteLMDataModule(L.LightningDataModule):
                                       self.token_dtype, self.token_offset)
         return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, shuffle=False, **self._loader_kw())
 
+    # Under DDP each rank scores its shard; the metrics sum over ranks (lit/metrics.py TokenNLL).
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("validation", limit_bytes=self.limit_eval_bytes)
+        return shard_eval_loader(self.eval_dataloader("validation", limit_bytes=self.limit_eval_bytes),
+                                 *trainer_rank(self))
 
     def test_dataloader(self) -> DataLoader:
         # The test split is never truncated: limit_eval_bytes only speeds up validation during training.
-        return self.eval_dataloader("test")
+        return shard_eval_loader(self.eval_dataloader("test"), *trainer_rank(self))

@@ -13,17 +13,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .lm_datamodule import shard_eval_loader, trainer_rank
 from .mqar import IGNORE, MQARSegment, check_segment, load_segment
 
 
 class SegmentBatches(Dataset):
     """Whole batches cut from segments of (inputs, labels) arrays; item i is one batch dict."""
 
-    def __init__(self, segments: list[tuple[np.ndarray, np.ndarray]], batch_size: int, order_seed: int | None):
+    def __init__(self, segments: list[tuple[np.ndarray, np.ndarray]], batch_size: int, order_seed: int | None,
+                 rank: int = 0, world_size: int = 1):
         self.items = [(s, b0) for s, (x, _) in enumerate(segments) for b0 in range(0, len(x), batch_size)]
         if order_seed is not None:
             perm = np.random.default_rng(order_seed).permutation(len(self.items))
             self.items = [self.items[i] for i in perm]
+        # Under DDP rank r trains on batches r, r + world, ... of the common order, as many on every rank.
+        self.items = self.items[rank::world_size][: len(self.items) // world_size]
         self.segments, self.batch_size = segments, batch_size
 
     def __len__(self) -> int:
@@ -100,13 +104,15 @@ class MQARDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(SegmentBatches(self._train, self.batch_size, self.seed), batch_size=None, shuffle=False,
-                          num_workers=self.num_workers)
+        return DataLoader(SegmentBatches(self._train, self.batch_size, self.seed, *trainer_rank(self)),
+                          batch_size=None, shuffle=False, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
+        # Under DDP each rank scores its shard of the test batches, padded with batches of nothing to score.
         self.setup()
-        return DataLoader(SegmentBatches(self._test, self.eval_batch_size, None), batch_size=None, shuffle=False,
-                          num_workers=self.num_workers)
+        loader = DataLoader(SegmentBatches(self._test, self.eval_batch_size, None), batch_size=None, shuffle=False,
+                            num_workers=self.num_workers)
+        return shard_eval_loader(loader, *trainer_rank(self))
 
     test_dataloader = val_dataloader
 

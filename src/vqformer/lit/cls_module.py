@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..models.longvq import LongVQClassifier, LongVQConfig
 from ..optim import param_groups, warmup_cosine
+from .metrics import IGNORE_LABEL, TokenNLL
 
 SCHEDULES = ("linear", "cosine")
 
@@ -41,15 +42,21 @@ class ClassifyModule(L.LightningModule):
         self.model = LongVQClassifier(LongVQConfig(**model))
         self.optim_cfg = DictConfig(optim)
         n = self.model.cfg.n_classes
+        # torchmetrics states are summed over DDP ranks when computed; each rank scores its shard of the
+        # evaluation set, padded with IGNORE_LABEL examples that neither metric counts.
         self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.val_acc = MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_LABEL)
+        self.test_acc = MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_LABEL)
+        self.val_loss = TokenNLL()    # summed cross entropy and example count
+        self.test_loss = TokenNLL()
 
     # ------------------------------------------------------------------ building from a composed config
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
-        from ..config import ConfigError, _positive_int
+        from ..config import ConfigError, _positive_int, check_distributed
         from ..data.lra.tasks import TASKS
+
+        check_distributed(cfg)
 
         kwargs = OmegaConf.to_container(cfg.model, resolve=True)
         unknown = set(kwargs) - set(LongVQConfig.__dataclass_fields__)
@@ -122,15 +129,17 @@ class ClassifyModule(L.LightningModule):
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
         return loss
 
-    def _eval_step(self, batch, stage: str, metric):
+    def _eval_step(self, batch, stage: str, acc, loss):
         logits, _, _ = self.model(batch["inputs"], batch["mask"])
-        metric.update(logits, batch["label"])
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), batch["label"]), on_epoch=True,
-                 batch_size=batch["label"].shape[0], prog_bar=True)
-        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+        labels = batch["label"]
+        acc.update(logits, labels)
+        loss.update(F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum"),
+                    (labels != IGNORE_LABEL).sum())
+        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_acc)
+        self._eval_step(batch, "val", self.val_acc, self.val_loss)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_acc)
+        self._eval_step(batch, "test", self.test_acc, self.test_loss)

@@ -11,19 +11,36 @@ Spec: ``docs/transformer_vq.md``
 
 Optimization is manual because one batch holds several optimizer updates (one per window); the batch's
 micro-batches are accumulated inside each window, so the EMA statistics cover the whole global batch.
+
+Under DDP (docs/cluster.md; tests/test_ddp.py shows a 2-rank run equals a 1-rank run of the same global
+batch): Lightning prepares DDP's reducer at every ``manual_backward``, so each backward would all-reduce the
+gradients; the micro-batches of a window run under ``no_sync`` but the last, whose backward all-reduces the
+accumulated gradients. (DDP's own forward at the start of ``training_step`` also prepares the reducer, so the
+step's first backward is reduced too: averaging an already averaged part again changes nothing.) DDP
+averages gradients over ranks, so each rank's NLL is divided by
+the window's tokens summed over all ranks and multiplied by the world size: the update is the global
+token mean whatever the padding per rank. The quantizer all-reduces its EMA statistics once per update
+(``VectorQuantizer.update``). Dropout is seeded per rank, or both ranks would drop the same units.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..models import TransformerVQ, TransformerVQConfig
 from ..optim import build_optimizer, schedule_end, warmup_cosine
 from .metrics import TokenNLL, derived, text_metrics
+
+
+# Evaluation metrics are summed over the ranks before they are logged (identical on every rank).
+warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('(val|test)/.*sync_dist=True")
 
 
 class LMModule(L.LightningModule):
@@ -69,28 +86,46 @@ class LMModule(L.LightningModule):
         nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
         return (nll * mask.flatten()).sum()
 
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the DDP ranks (itself in one process)."""
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def _no_sync(self, last: bool):
+        """DDP's ``no_sync`` for every micro-batch of a window but the last (local gradient accumulation)."""
+        ddp = self.trainer.strategy.model if self._trainer is not None else None
+        if last or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
     def training_step(self, batch, batch_idx):
         opt, sched = self.optimizers(), self.lr_schedulers()
         inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"].float()
         B, T = inputs.shape
         W, mb = self.update_len, self.micro_batch_size or B
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         # Seeding per batch makes dropout reproducible across a resume; the LayerDrop and sinusoid
-        # masks come from ``drop_seed`` so every window of this batch shares them (§1.5).
-        batch_seed = self.seed * 1_000_003 + self.global_step
+        # masks come from ``drop_seed`` so every window of this batch shares them (§1.5). Rank 0 keeps the
+        # single-process seed; other ranks draw their own masks.
+        batch_seed = self.seed * 1_000_003 + self.global_step + rank * 1_000_000_007
         t_start = time.perf_counter()
         torch.manual_seed(batch_seed)
-        states = [None] * ((B + mb - 1) // mb)
+        starts = list(range(0, B, mb))
+        states = [None] * len(starts)
         c_beta = self.model.cfg.c_beta
         for w0 in range(0, T, W):
-            n_tok = mask[:, w0:w0 + W].sum().clamp_min(1)
+            n_tok = self._sum_ranks(mask[:, w0:w0 + W].sum()).clamp_min(1)   # tokens of the global batch
             nll_total, commit_total, stats = 0.0, 0.0, {}
-            for m, b0 in enumerate(range(0, B, mb)):
+            for m, b0 in enumerate(starts):
                 rows, cols = slice(b0, b0 + mb), slice(w0, w0 + W)
-                logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed)
-                states[m] = aux.state.detach()
-                nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
-                frac = inputs[rows].shape[0] / B
-                self.manual_backward(nll / n_tok + c_beta * aux.commit_loss * frac)
+                with self._no_sync(last=m == len(starts) - 1):
+                    logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed)
+                    states[m] = aux.state.detach()
+                    nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
+                    frac = inputs[rows].shape[0] / B
+                    self.manual_backward(nll / n_tok * world + c_beta * aux.commit_loss * frac)
                 nll_total += nll.detach()
                 commit_total += aux.commit_loss.detach() * frac
                 stats = aux.stats
@@ -101,8 +136,11 @@ class LMModule(L.LightningModule):
             sched.step()
             self.model.update_codebooks()
             self.tokens_seen += int(n_tok.item())
-            self._log_train(nll_total / n_tok, commit_total, stats, sched)
-        self.log("train/tokens_per_s", float(mask.sum()) / (time.perf_counter() - t_start), on_step=True)
+            # The logged loss and commitment are those of the global batch (every rank logs the same).
+            sums = self._sum_ranks(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=mask.device)
+                                                for v in (nll_total, commit_total)]))
+            self._log_train(sums[0] / n_tok, sums[1] / world, stats, sched)
+        self.log("train/tokens_per_s", float(mask.sum()) * world / (time.perf_counter() - t_start), on_step=True)
         return None
 
     def _log_train(self, loss, commit, stats, sched):
@@ -151,20 +189,22 @@ class LMModule(L.LightningModule):
             self.train_bytes_per_token = train["n_bytes"] / max(train["n_tokens"], 1)
 
     def _log_eval(self, stage: str, metric: TokenNLL):
-        mean = metric.compute()
+        with metric.sync_context():   # sums over the ranks' shards (a no-op in one process)
+            total, count = metric.sum_nll.clone(), metric.count.clone()
+        mean = total / count.clamp_min(1)
         d = derived(float(mean), metric.bytes_per_token)
         eval_stats = getattr(self._datamodule(), "eval_stats", None)
         text = eval_stats("validation" if stage == "val" else "test") if eval_stats is not None else None
-        # Token corpora: bytes and words of exactly the scored text. Only when this process scored all of it
-        # (not under limit_val_batches or a distributed sampler, whose counts would not match).
-        if text and int(metric.count) == text["n_tokens"]:
+        # Token corpora: bytes and words of exactly the scored text. Only when the ranks together scored all
+        # of it (not under limit_val_batches, whose counts would not match).
+        if text and int(count) == text["n_tokens"]:
             d.update(text_metrics(float(mean) * text["n_tokens"], text["n_tokens"], text["n_bytes"],
                                   text["n_words"]))
             self.log(f"{stage}/word_ppl", torch.tensor(d["word_ppl"]), prog_bar=True)
         self.log(f"{stage}/loss", mean.float(), prog_bar=True, sync_dist=False)
         self.log(f"{stage}/bpb", torch.tensor(d["bpb"]), prog_bar=True)
         self.log(f"{stage}/ppl", torch.tensor(d["ppl"]))
-        self.log(f"{stage}/tokens", metric.count.float())
+        self.log(f"{stage}/tokens", count.float())
         metric.reset()
 
     # ------------------------------------------------------------------ checkpoint extras

@@ -12,6 +12,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+IGNORE_LABEL = -100   # label of the padding examples of a rank's evaluation shard (F.cross_entropy's default)
+
+
 class TokenNLL(Metric):
     """Sums of NLL (nats) and token counts; ``compute()`` is the mean NLL per token."""
 
@@ -30,6 +33,37 @@ class TokenNLL(Metric):
 
     def compute(self) -> Tensor:
         return self.sum_nll / self.count.clamp_min(1)
+
+
+class SegmentRecall(Metric):
+    """Per test segment: summed per-example accuracy and example count; summed NLL and scored positions.
+
+    Examples with no scored position (padding of a rank's evaluation shard) are not counted.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_segments: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_segments = n_segments
+        for name in ("acc_sum", "examples"):
+            self.add_state(name, torch.zeros(n_segments, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("sum_nll", "count"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, segment: int, correct: Tensor, positions: Tensor, nll_sum: Tensor) -> None:
+        """``correct`` and ``positions`` per example of one batch of ``segment``."""
+        if not 0 <= segment < self.n_segments:
+            raise ValueError(f"segment {segment} out of range [0, {self.n_segments})")
+        scored = positions > 0
+        self.acc_sum[segment] += (correct[scored] / positions[scored]).double().sum()
+        self.examples[segment] += scored.sum()
+        self.sum_nll += nll_sum.detach().double()
+        self.count += positions.double().sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        """Accuracy per segment (NaN where it has no examples) and the mean NLL per scored position."""
+        return {"acc": self.acc_sum / self.examples, "loss": self.sum_nll / self.count.clamp_min(1)}
 
 
 def derived(mean_nll: float, bytes_per_token: float = 1.0) -> dict[str, float]:

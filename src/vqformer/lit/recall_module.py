@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, _positive_int, model_config
+from ..config import ConfigError, _positive_int, check_distributed, model_config
 from .lm_module import LMModule
+from .metrics import SegmentRecall
 
 
 class RecallModule(LMModule):
@@ -22,10 +23,12 @@ class RecallModule(LMModule):
         super().__init__(model=model, optim=optim, update_len=update_len, micro_batch_size=micro_batch_size,
                          eval_window=eval_window, seed=seed)
         self.segment_names = list(segment_names or [])
-        self._acc = {}
+        # Summed over DDP ranks when computed (each rank scores its shard of the test batches).
+        self.recall = SegmentRecall(max(1, len(self.segment_names)))
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
+        check_distributed(cfg)
         mcfg = model_config(cfg)
         for key in ("update_len", "eval_window", "trainer.max_steps", "ckpt_every", "data.batch_size",
                     "data.vocab_size"):
@@ -84,11 +87,7 @@ class RecallModule(LMModule):
 
     def _eval_step(self, batch):
         nll, correct, count = self.predict_batch(batch["inputs"], batch["targets"], batch["mask"])
-        seg = int(batch["segment"])
-        acc = self._acc.setdefault(seg, torch.zeros(4, dtype=torch.float64))
-        per_ex = correct / count.clamp_min(1)
-        acc += torch.stack([per_ex.sum(), torch.tensor(float(len(per_ex)), dtype=torch.float64),
-                            nll.cpu(), count.sum().cpu()]).cpu()
+        self.recall.update(int(batch["segment"]), correct, count, nll)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)
@@ -103,18 +102,16 @@ class RecallModule(LMModule):
         self._log_recall("test")
 
     def _log_recall(self, stage: str):
-        if not self._acc:
+        out = self.recall.compute()   # synced over ranks
+        self.recall.reset()
+        accs = {self.segment_names[i] if i < len(self.segment_names) else f"seg{i}": float(a)
+                for i, a in enumerate(out["acc"]) if not torch.isnan(a)}
+        if not accs:
             return
-        accs, nll, n = {}, 0.0, 0.0
-        for seg, (a, e, s_nll, s_n) in sorted(self._acc.items()):
-            name = self.segment_names[seg] if seg < len(self.segment_names) else f"seg{seg}"
-            accs[name] = float(a / e)
-            nll, n = nll + float(s_nll), n + float(s_n)
         for name, a in accs.items():
             self.log(f"{stage}/acc/{name}", a)
         self.log(f"{stage}/acc", sum(accs.values()) / len(accs), prog_bar=True)
-        self.log(f"{stage}/loss", nll / max(n, 1.0), prog_bar=True)
-        self._acc = {}
+        self.log(f"{stage}/loss", float(out["loss"]), prog_bar=True)
 
     def _log_train(self, loss, commit, stats, sched):
         self.log_dict({"train/loss": loss, "train/commit": commit, "train/lr": sched.get_last_lr()[0],

@@ -83,6 +83,9 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     (run_dir / "git.json").write_text(json.dumps(git_commit(), indent=1))
     datamodule = build_datamodule(cfg)
     if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0:
+        hw = cfg.trainer   # resolved (hardware=auto): the line says what this machine gave the run
+        print(f"[vqformer] hardware: {hw.accelerator} x {hw.devices} on {hw.get('num_nodes', 1)} node(s), "
+              f"strategy {hw.strategy}, precision {hw.precision}")
         datamodule.prepare_data()   # a missing download stops here, before a model is built
     module = build_module(cfg)
     loggers = build_loggers(cfg, run_dir)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import (DataIntegrityWarning, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
                      ensure_writable, sha256_file, split_entries)
-from ..lm_datamodule import ResumableDataLoader, WindowSampler, _positive_int
+from ..lm_datamodule import ResumableDataLoader, WindowSampler, _positive_int, shard_eval_loader, trainer_rank
 from .tasks import SPLITS, TASKS, build_task
 
 __all__ = ["LRADataModule", "ClassificationDataset"]
@@ -53,6 +53,13 @@ class ClassificationDataset(Dataset):
         else:
             xt = torch.from_numpy(x.astype(np.int64))
         return {"inputs": xt, "mask": mask, "label": torch.tensor(int(self.labels[i]))}
+
+
+IGNORE_LABEL = -100   # lit/metrics.py's: cross entropy and accuracy skip it
+
+
+def _blank_label(item: dict) -> dict:
+    return {**item, "label": torch.tensor(IGNORE_LABEL)}
 
 
 class LRADataModule(L.LightningDataModule):
@@ -164,13 +171,18 @@ class LRADataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         ds = self.dataset("train")
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = trainer_rank(self)
         # Windows of one example over len(ds) "bytes": a seeded per-epoch permutation with exact resume.
         sampler = WindowSampler(len(ds), 1, self.seed, rank, world)
         return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._kw())
 
+    # Under DDP each rank scores its shard, padded with examples labelled IGNORE_LABEL (not counted).
+    def _eval_loader(self, split: str) -> DataLoader:
+        loader = DataLoader(self.dataset(split), batch_size=self.eval_batch_size, shuffle=False, **self._kw())
+        return shard_eval_loader(loader, *trainer_rank(self), blank=_blank_label)
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("val"), batch_size=self.eval_batch_size, shuffle=False, **self._kw())
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("test"), batch_size=self.eval_batch_size, shuffle=False, **self._kw())
+        return self._eval_loader("test")

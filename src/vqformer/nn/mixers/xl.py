@@ -19,16 +19,20 @@ from .base import HeadDims, Mixer, MixerConfig
 class XLMixer(Mixer):
     def __init__(self, model_cfg, dims: HeadDims, cfg: MixerConfig):
         super().__init__(model_cfg, dims, cfg)
-        self.w_r = dense(model_cfg.d_model, dims.n_rel * dims.d_k)
+        # Only a mixer that reads positions owns their projection and offset: a parameter without gradient
+        # stalls DDP. w_r is drawn anyway so that the other weights' initial values do not depend on it.
+        rel = not getattr(cfg, "nope", False)
+        w_r = dense(model_cfg.d_model, dims.n_rel * dims.d_k)
+        self.w_r = w_r if rel else None
         self.xl_u = nn.Parameter(torch.zeros(dims.n_q * dims.d_k))
-        self.xl_v = nn.Parameter(torch.zeros(dims.n_q * dims.d_k))
+        self.xl_v = nn.Parameter(torch.zeros(dims.n_q * dims.d_k)) if rel else None
 
     def queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(q + u, q + v', k): the content queries, the position queries and the keys, normalised and scaled."""
         scale = self.dims.d_k ** -0.25
         q, k = rms_norm(q) * scale, rms_norm(k) * scale
         qu = q + self.xl_u.view(self.dims.n_q, 1, -1) * scale
-        qv = q + self.xl_v.view(self.dims.n_q, 1, -1) * scale
+        qv = q + self.xl_v.view(self.dims.n_q, 1, -1) * scale if self.xl_v is not None else None
         return qu, qv, k
 
     def rel_scores(self, qv: Tensor, distances: Tensor, sin_mask: Tensor | None) -> Tensor:
