@@ -1,15 +1,22 @@
-"""Validation of a composed run config before any work starts.
+"""Validation of a composed run config before any work starts, and the run directory it will use.
 
-Each check raises ``ConfigError`` (a ``ValueError``) with one message that names the offending key, so an
-impossible config stops before data is prepared or a model is built.
+Types and unknown keys are checked by Hydra while it composes (the schemas of ``vqformer/schema``); here
+``validate`` checks ranges and the rules between groups, each raising ``ConfigError`` (a ``ValueError``) with
+one message naming the key, the value and what is allowed, so an impossible config stops before a run
+directory is created, data is prepared or a model is built.
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .nn import TransformerVQConfig
+from .schema import ConfigError, kind_of, register, validate_groups
+from .schema.rules import check_block_len, check_codebook, check_vocab, uses_vq
+
+__all__ = ["ConfigError", "validate", "validate_train", "model_config", "run_dir", "short_dirname"]
 
 
 def short_dirname(name: str, max_len: int = 120) -> str:
@@ -21,16 +28,13 @@ def short_dirname(name: str, max_len: int = 120) -> str:
 
 
 def register_resolvers() -> None:
-    """Named, pure resolvers only (no `eval`); must run before Hydra composes a config."""
+    """Named, pure resolvers only (no `eval`), and the schemas; must run before Hydra composes a config."""
     if not OmegaConf.has_resolver("vqformer.dirname"):
         OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
+    register()
 
 
 register_resolvers()   # importing the config module (as the compose-API tests do) is enough
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _positive_int(cfg: DictConfig, key: str) -> int:
@@ -38,6 +42,34 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _task_cfg(cfg: DictConfig) -> DictConfig:
+    """The job's config without Hydra's own node (compose-API configs carry it)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+
+
+def validate(cfg: DictConfig, check_device: bool = True) -> None:
+    """Every check of a training config: each group's ranges, then the task's rules between groups.
+
+    ``check_device=False`` skips the checks against this machine (a GPU config composed on a laptop).
+    """
+    from .lit.tasks import task_class
+
+    cfg = _task_cfg(cfg)
+    validate_groups(cfg, check_device)
+    task_class(cfg.task).validate_config(cfg)
+
+
+def run_dir(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool | None = None) -> Path:
+    """The deterministic run directory: ``<log_dir>/runs/<name>/<run_name>`` for a single run and
+    ``<hydra.sweep.dir>/<run_name>`` for a sweep job, where ``run_name`` defaults to the shortened override
+    string, so the same command finds its own ``last.ckpt`` and W&B run again."""
+    if multirun is None:
+        multirun = str(hydra_cfg.get("mode")) == "RunMode.MULTIRUN"
+    leaf = cfg.get("run_name") or short_dirname(hydra_cfg.job.override_dirname)
+    root = Path(hydra_cfg.sweep.dir) if multirun else Path(cfg.paths.log_dir) / "runs" / cfg.name
+    return root / leaf
 
 
 def model_config(cfg: DictConfig) -> TransformerVQConfig:
@@ -53,56 +85,21 @@ def model_config(cfg: DictConfig) -> TransformerVQConfig:
         raise ConfigError(str(e)) from None
 
 
-def _known_corpora(cfg: DictConfig) -> dict:
-    """The registry of corpora of the configured datamodule (bytes, books or images)."""
-    target = str(cfg.data.get("_target_", ""))
-    if target.endswith("BookLMDataModule"):
-        from .data.pg19 import BOOK_CORPORA
-        return BOOK_CORPORA
-    if target.endswith("ImageLMDataModule"):
-        from .data.imagenet64 import IMAGE_CORPORA
-        return IMAGE_CORPORA
-    from .data.bytes_corpus import CORPORA  # the data layer's registry of known corpora
-    return CORPORA
-
-
-def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
-    """The model's vocabulary covers the corpus's, and image sequences hold exactly one image."""
-    target = str(cfg.data.get("_target_", ""))
-    if target.endswith("BookLMDataModule"):
-        vocab = _positive_int(cfg, "data.vocab_size")
-        if mcfg.vocab_size < vocab:
-            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
-                              f"data.vocab_size={vocab}")
-    if target.endswith("ImageLMDataModule"):
-        from .data.imagenet64 import image_tokens
-        n = image_tokens(_positive_int(cfg, "data.resolution"))
-        if cfg.sequence_len != n:
-            raise ConfigError(f"sequence_len={cfg.sequence_len} must equal one image of data.resolution="
-                              f"{cfg.data.resolution}: {n} tokens (H·W·3)")
-        if cfg.data.get("eval_sequence_len") not in (None, n):
-            raise ConfigError(f"data.eval_sequence_len={cfg.data.eval_sequence_len} must be null or one image ({n})")
-        if mcfg.vocab_size < 259:
-            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
-
-
 def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+    """The rules of task=lm between the model, the data and the update schedule."""
     mcfg = model_config(cfg)
-    T = _positive_int(cfg, "sequence_len")
-    W = _positive_int(cfg, "update_len")
-    for key in ("data.batch_size", "trainer.max_steps", "ckpt_every", "eval_window"):
+    for key in ("sequence_len", "update_len", "eval_window", "ckpt_every", "data.batch_size"):
         _positive_int(cfg, key)
-    known = _known_corpora(cfg)
-    if cfg.data.name not in known:
-        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {sorted(known)}")
-    _check_corpus_fit(cfg, mcfg)
+    T, W = cfg.sequence_len, cfg.update_len
+    kind = kind_of(cfg.data)
+    if kind is None or kind.data_vocab(cfg.data) is None:
+        raise ConfigError(f"data._target_={cfg.data.get('_target_')!r} is not a language-modelling data module "
+                          "for task=lm; choose data=wiki_sample, enwik8, pg19, imagenet64, ... (conf/data)")
+    kind.validate(cfg.data)
+    check_vocab(mcfg.vocab_size, kind.data_vocab(cfg.data), f"data={cfg.data.name}")
     if T % W:
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
-    try:
-        mcfg.check_sequence_len("update_len", W)
-        mcfg.check_sequence_len("eval_window", cfg.eval_window)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_block_len(mcfg.block_len, update_len=W, eval_window=cfg.eval_window)
     eval_len = cfg.data.get("eval_sequence_len") or T
     if eval_len % cfg.eval_window:
         raise ConfigError(f"eval_window={cfg.eval_window} must divide the evaluation sequence length {eval_len} "
@@ -114,4 +111,9 @@ def validate_train(cfg: DictConfig) -> TransformerVQConfig:
     if mb is not None and (not isinstance(mb, int) or mb < 1 or cfg.data.batch_size % mb):
         raise ConfigError(f"micro_batch_size={mb!r} must be a positive integer dividing data.batch_size="
                           f"{cfg.data.batch_size}")
+    if uses_vq(mcfg):
+        check_codebook(mcfg.n_code, cfg.data.batch_size, W)
+    if cfg.optim.get("schedule") not in (None, "cosine"):
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} is invalid for task={cfg.get('task', 'lm')}: "
+                          "its schedule is warmup then cosine (null or cosine)")
     return mcfg
