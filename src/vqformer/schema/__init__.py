@@ -7,7 +7,10 @@ between groups (``rules.py``). conf/README.md maps each group to its file here.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from .base import ConfigError
 from .data import KINDS, kind_of
@@ -34,9 +37,24 @@ def register() -> None:
     cs.store(group="paths", name="schema_paths", node=PathsSchema)
 
 
+def check_known_keys(cfg) -> None:
+    """Hydra's ``+key=value`` may add keys to a typed node; a key no schema declares is a typo or a dead knob."""
+    nodes = [("", cfg)] + [(f"{g}.", cfg.get(g)) for g in ("data", "model", "optim", "trainer", "logger", "paths")]
+    for prefix, node in nodes:
+        t = OmegaConf.get_type(node) if OmegaConf.is_dict(node) else None
+        if not dataclasses.is_dataclass(t):
+            continue
+        known = {f.name for f in dataclasses.fields(t)}
+        extra = sorted(set(node) - known - {"hydra"})
+        if extra:
+            raise ConfigError(f"{prefix}{extra[0]} is not a knob of {t.__name__} (src/vqformer/schema); "
+                              f"known: {sorted(known - {'_target_'})}")
+
+
 def validate_groups(cfg, check_device: bool = True) -> None:
     """Ranges of every group (types were checked when Hydra composed the config)."""
     from . import hardware
+    check_known_keys(cfg)
     TrainSchema.validate(cfg)
     OptimSchema.validate(cfg.optim)
     TrainerSchema.validate(cfg.trainer)

@@ -13,8 +13,8 @@ from .base import fail, one_of
 @dataclass
 class CheckpointSchema:
     _target_: str = "lightning.pytorch.callbacks.ModelCheckpoint"
-    filename: str = "step{step}"
-    auto_insert_metric_name: bool = False
+    filename: str = "step{step}"                # file name pattern under <run_dir>/checkpoints
+    auto_insert_metric_name: bool = False       # false: the pattern alone names the file
     every_n_train_steps: Optional[int] = None   # optimizer updates between checkpoints; >= 1, null: none
     save_last: Optional[bool] = None            # also keep last.ckpt (the resume point)
     monitor: Optional[str] = None               # step: rank by step, so save_top_k keeps the newest
@@ -41,7 +41,7 @@ class CallbacksSchema:
     checkpoint: Optional[CheckpointSchema] = None    # required: a run without checkpoints cannot resume
     milestones: Optional[CheckpointSchema] = None    # checkpoints kept forever
     guard: Optional[GuardSchema] = None              # non-finite loss / gradients stop the run
-    preemption: Optional[PreemptionSchema] = None
+    preemption: Optional[PreemptionSchema] = None    # signals checkpoint and exit 128 + signal
     lr_monitor: Optional[Any] = None                 # {_target_: lightning.pytorch.callbacks.LearningRateMonitor}
     progress_bar: Optional[Any] = None               # built only with trainer.enable_progress_bar=true
 

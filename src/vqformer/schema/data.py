@@ -147,7 +147,7 @@ class MQARSegment:
 class MQARData(_Common):
     _target_: str = "vqformer.data.recall_datamodule.MQARDataModule"
     name: str = "mqar"                          # mqar only
-    batch_size: int = 64
+    batch_size: int = 64                        # training examples per batch; >= 1
     vocab_size: int = 8192                      # key and value ids together; >= 4
     power_a: float = 0.01                       # power-law parameter of the query gaps; > 0
     num_passes: int = 1                         # times the key-value pairs are shown; >= 1

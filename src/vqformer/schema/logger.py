@@ -30,7 +30,7 @@ class WandbLoggerSchema:
     entity: Optional[str] = None       # W&B team or user; null: the login's default (WANDB_ENTITY)
     group: Optional[str] = None        # runs of one experiment (the experiment name)
     mode: str = "auto"                 # auto (online with credentials, else offline) | online | offline | disabled
-    tags: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)   # W&B run tags (the top-level tags)
 
 
 @dataclass

@@ -29,12 +29,12 @@ class TrainSchema:
     tags: List[str] = field(default_factory=list)   # W&B tags
     run_name: Optional[str] = None      # run folder under the runs/ (or sweep) directory; null: from the overrides
     # groups, each typed by its own option's schema (see conf/README.md)
-    data: Any = None
-    model: Any = None
-    optim: Any = None
-    trainer: Any = None
-    logger: Any = None
-    paths: Any = None
+    data: Any = None                    # schema/data.py (one schema per data-module kind)
+    model: Any = None                   # schema/model.py (the model's own config dataclass)
+    optim: Any = None                   # schema/optim.py
+    trainer: Any = None                 # schema/trainer.py (+ schema/hardware.py for the device fields)
+    logger: Any = None                  # schema/logger.py
+    paths: Any = None                   # PathsSchema above
     callbacks: Any = None               # conf/callbacks (schema/callbacks.py)
     lock: Any = None                    # run-directory lock settings (vqformer/lit/runner.py)
 

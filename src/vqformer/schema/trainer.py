@@ -24,8 +24,8 @@ class TrainerSchema:
     limit_train_batches: Optional[int] = None   # training batches per epoch; null: all; >= 1
     overfit_batches: int = 0                    # train and validate on this many training batches; >= 0
     log_every_n_steps: int = 10                 # batches between logged training metrics; >= 1
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = True
+    enable_progress_bar: bool = True            # tqdm bar (false in batch jobs)
+    enable_model_summary: bool = True           # parameter table at the start
     num_sanity_val_steps: int = 0               # validation batches before training; >= 0
     profiler: Optional[str] = None              # null | simple | advanced (Lightning's profilers)
     accelerator: str = "cpu"                    # cpu | gpu | cuda | mps | auto (hardware group)
