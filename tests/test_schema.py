@@ -207,3 +207,20 @@ def test_run_directory_names():
     assert run_dir(named, named.hydra, multirun=False).name == "mine"
     # Hydra itself creates nothing: no run directory, no .hydra/ folder, no log file
     assert cfg.hydra.run.dir == "." and cfg.hydra.sweep.subdir == "." and cfg.hydra.output_subdir is None
+
+
+def test_callbacks_schema_checks_its_entries():
+    """conf/callbacks (one entry per callback, each null or a node with _target_) extends this schema."""
+    from vqformer.schema.callbacks import CallbacksSchema
+    good = {"checkpoint": {"every_n_train_steps": 200, "save_last": True}, "guard": {"policy": "skip"},
+            "preemption": {"signals": ["SIGTERM"], "requeue": "auto"}}
+    CallbacksSchema.validate(OmegaConf.merge(OmegaConf.structured(CallbacksSchema), good))
+    for bad, key in [({"guard": {"policy": "panic"}}, "callbacks.guard.policy"),
+                     ({"checkpoint": None}, "callbacks.checkpoint"),
+                     ({"checkpoint": {"every_n_train_steps": 0}}, "callbacks.checkpoint.every_n_train_steps"),
+                     ({"preemption": {"signals": ["SIGNOPE"]}}, "callbacks.preemption.signals")]:
+        cfg = OmegaConf.merge(OmegaConf.structured(CallbacksSchema), good, bad)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            CallbacksSchema.validate(cfg)
+    with pytest.raises(Exception, match="not_a_field"):
+        OmegaConf.merge(OmegaConf.structured(CallbacksSchema), {"guard": {"not_a_field": 1}})

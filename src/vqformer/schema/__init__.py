@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from .base import ConfigError
+from .callbacks import CallbacksSchema
 from .data import KINDS, kind_of
 from .logger import LoggerSchema
 from .model import MODELS
@@ -35,11 +36,13 @@ def register() -> None:
     cs.store(group="trainer", name="schema_trainer", node=TrainerSchema)
     cs.store(group="logger", name="schema_logger", node=LoggerSchema)
     cs.store(group="paths", name="schema_paths", node=PathsSchema)
+    cs.store(group="callbacks", name="schema_callbacks", node=CallbacksSchema)
 
 
 def check_known_keys(cfg) -> None:
     """Hydra's ``+key=value`` may add keys to a typed node; a key no schema declares is a typo or a dead knob."""
-    nodes = [("", cfg)] + [(f"{g}.", cfg.get(g)) for g in ("data", "model", "optim", "trainer", "logger", "paths")]
+    nodes = [("", cfg)] + [(f"{g}.", cfg.get(g)) for g in ("data", "model", "optim", "trainer", "logger", "paths",
+                                                                  "callbacks")]
     for prefix, node in nodes:
         t = OmegaConf.get_type(node) if OmegaConf.is_dict(node) else None
         if not dataclasses.is_dataclass(t):
@@ -65,6 +68,8 @@ def validate_groups(cfg, check_device: bool = True) -> None:
         one_of("trainer.accelerator", cfg.trainer.accelerator, hardware.ACCELERATORS)
         one_of("trainer.precision", str(cfg.trainer.precision), hardware.PRECISIONS)
     LoggerSchema.validate(cfg.logger)
+    if OmegaConf.is_dict(cfg.get("callbacks")) and OmegaConf.get_type(cfg.callbacks) is CallbacksSchema:
+        CallbacksSchema.validate(cfg.callbacks)
     kind = kind_of(cfg.data)
     if kind is not None:
         kind.validate(cfg.data)

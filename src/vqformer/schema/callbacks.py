@@ -1,6 +1,6 @@
 """Schema of the ``callbacks`` group (conf/callbacks/*.yaml): every entry is null (off) or a node with
 ``_target_`` that ``vqformer.lit.runner.build_callbacks`` instantiates (the runner adds the checkpoint
-directory). Registered with the group once conf/callbacks/ exists (see ``schema/__init__.py``).
+directory). conf/callbacks/default.yaml extends it with ``defaults: [schema_callbacks, _self_]``.
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ class CheckpointSchema:
 class GuardSchema:
     _target_: str = "vqformer.lit.guard.DivergenceGuard"
     policy: str = "stop"                        # stop | skip (drop an update with non-finite gradients)
-    max_skips: int = 3                          # skip: consecutive skipped updates before stopping; >= 1
+    max_skips: int = 3                          # skip: consecutive skipped updates before stopping; >= 0
 
 
 @dataclass
 class PreemptionSchema:
     _target_: str = "vqformer.lit.preemption.Preemption"
     signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])   # checkpoint and exit on these
-    requeue: str = "auto"                       # auto | always | never (SLURM requeue after the checkpoint)
+    requeue: Any = "auto"                       # auto (under SLURM) | true | false: scontrol requeue after the checkpoint
 
 
 @dataclass
@@ -59,5 +59,12 @@ class CallbacksSchema:
             one_of(f"callbacks.{key}.mode", node.mode, ("min", "max"))
         if c.guard is not None:
             one_of("callbacks.guard.policy", c.guard.policy, ("stop", "skip"))
-            if not isinstance(c.guard.max_skips, int) or c.guard.max_skips < 1:
-                fail("callbacks.guard.max_skips", c.guard.max_skips, "must be a positive integer")
+            if not isinstance(c.guard.max_skips, int) or c.guard.max_skips < 0:
+                fail("callbacks.guard.max_skips", c.guard.max_skips, "must be an integer >= 0")
+        if c.preemption is not None:
+            import signal
+            for s in c.preemption.signals:
+                if s not in signal.Signals.__members__:
+                    fail("callbacks.preemption.signals", list(c.preemption.signals), f"{s} is not a signal name")
+            if c.preemption.requeue not in ("auto", True, False):
+                fail("callbacks.preemption.requeue", c.preemption.requeue, "auto | true | false")
