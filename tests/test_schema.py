@@ -19,7 +19,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from test_configs import CONF, make_cfg
+from test_configs import CONF, SWEEP_SIZES, make_cfg
 from vqformer.config import ConfigError, run_dir, validate
 from vqformer.schema import check_known_keys
 from vqformer.schema.rules import check_block_len
@@ -100,6 +100,18 @@ def test_bad_input_stops_before_anything_exists(tmp_path, monkeypatch, capsys, o
     assert tree(tmp_path / "logs") == [], "a run directory was created"
     assert tree(tmp_path / "data") == [], "data was touched"
     assert tree(tmp_path / "cwd") == [], "Hydra wrote into the working directory"
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["seed=0,1", "optim.lr=0.1,-1"], ["sweep job", "optim.lr=-1"]),             # one bad job stops the sweep
+    (["experiment=recall/mqar_L64_D4", "model.d_model=30"], ["model=recall_full", "d_model=30"]),  # file's sweep
+])
+def test_bad_sweep_stops_before_its_directory_exists(tmp_path, monkeypatch, capsys, overrides, words):
+    code, text = run_main(tmp_path, monkeypatch, capsys, "-m", *overrides)
+    assert code not in (0, None), text
+    for w in words:
+        assert w in text, f"{w!r} not in the message:\n{text}"
+    assert tree(tmp_path / "logs") == [] and tree(tmp_path / "data") == [] and tree(tmp_path / "cwd") == []
 
 
 @pytest.mark.parametrize("args, words", [
@@ -224,3 +236,17 @@ def test_callbacks_schema_checks_its_entries():
             CallbacksSchema.validate(cfg)
     with pytest.raises(Exception, match="not_a_field"):
         OmegaConf.merge(OmegaConf.structured(CallbacksSchema), {"guard": {"not_a_field": 1}})
+
+
+@pytest.mark.parametrize("experiment", sorted(SWEEP_SIZES))
+def test_every_job_of_every_shipped_sweep_validates(experiment):
+    """What `python -m vqformer.train -m experiment=<sweep>` checks before it creates anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from vqformer.config import ValidateSweep
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        ValidateSweep().on_multirun_start(cfg, config_name="train")   # exits naming the job on a bad one

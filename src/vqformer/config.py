@@ -8,8 +8,11 @@ directory is created, data is prepared or a model is built.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .nn import TransformerVQConfig
@@ -59,6 +62,27 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
     cfg = _task_cfg(cfg)
     validate_groups(cfg, check_device)
     task_class(cfg.task).validate_config(cfg)
+
+
+class ValidateSweep(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before a sweep creates its directory or submits a job, compose
+    every job of the grid (the sweeper's params, then the command line, as Hydra's basic sweeper does) and
+    validate it, so one bad value stops the whole sweep with nothing written. Device checks wait for the
+    job itself (a SLURM login node has no GPU)."""
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
+        from hydra import compose
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                   else [o.input_line] for o in OverridesParser.create().parse_overrides(lines)]
+        for job in itertools.product(*choices):
+            try:
+                validate(compose(config_name, overrides=list(job)), check_device=False)
+            except ConfigError as e:
+                sys.exit(f"[vqformer] config error in the sweep job {' '.join(job)}: {e}")
 
 
 def run_dir(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool | None = None) -> Path:
