@@ -1,7 +1,6 @@
 """Train a model from a composed config: ``python -m vqformer.train [experiment=...] [key=value ...]``."""
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +24,11 @@ def main(cfg: DictConfig) -> float:
     log_file = logging.FileHandler(out / "train.log")    # Hydra writes no log file (conf/hydra/default.yaml)
     log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.getLogger().addHandler(log_file)
-    metrics = train(cfg, out)
+    try:
+        metrics = train(cfg, out)
+    finally:                                              # the next job of a local sweep logs elsewhere
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
     return metrics.get("val/bpb", float("nan"))
 
 
