@@ -250,3 +250,23 @@ def test_every_job_of_every_shipped_sweep_validates(experiment):
         cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         ValidateSweep().on_multirun_start(cfg, config_name="train")   # exits naming the job on a bad one
+
+
+def test_a_valid_config_gets_its_run_directory_only_after_validation(tmp_path, monkeypatch, capsys):
+    """The good path of the same entry point: the directory named by the overrides is created by
+    vqformer.train (not Hydra) and handed to the runner; nothing lands in the working directory."""
+    from vqformer.lit import runner
+    from vqformer.train import main
+    seen = []
+
+    def fake_train(cfg, run_dir):
+        seen.append((run_dir, sorted(p.name for p in run_dir.iterdir())))
+        return {"val/bpb": 1.0}
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vqformer.train", "seed=3", f"paths.log_dir={tmp_path / 'logs'}",
+                                      f"paths.data_dir={tmp_path / 'data'}"])
+    GlobalHydra.instance().clear()
+    main()
+    assert seen == [(tmp_path / "logs" / "runs" / "default" / "seed=3", ["train.log"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
