@@ -1,15 +1,25 @@
-"""Validation of a composed run config before any work starts.
+"""Validation of a composed run config before any work starts, and the run directory it will use.
 
-Each check raises ``ConfigError`` (a ``ValueError``) with one message that names the offending key, so an
-impossible config stops before data is prepared or a model is built.
+Types and unknown keys are checked by Hydra while it composes (the schemas of ``vqformer/schema``); here
+``validate`` checks ranges and the rules between groups, each raising ``ConfigError`` (a ``ValueError``) with
+one message naming the key, the value and what is allowed, so an impossible config stops before a run
+directory is created, data is prepared or a model is built.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
+import sys
+from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .models.transformer_vq import RENAMED, TransformerVQConfig
+from .schema import ConfigError, kind_of, register, validate_groups
+from .schema.rules import check_block_len, check_codebook, check_vocab, uses_vq
+
+__all__ = ["ConfigError", "check_distributed", "validate", "validate_train", "model_config", "run_dir", "short_dirname"]
 
 
 def short_dirname(name: str, max_len: int = 120) -> str:
@@ -43,18 +53,15 @@ def _hardware(key: str):
 
 
 def register_resolvers() -> None:
-    """Named, pure resolvers only (no `eval`); must run before Hydra composes a config."""
+    """Named, pure resolvers only (no `eval`), and the schemas; must run before Hydra composes a config."""
     if not OmegaConf.has_resolver("vqformer.dirname"):
         OmegaConf.register_new_resolver("vqformer.dirname", short_dirname)
     if not OmegaConf.has_resolver("vqformer.hardware"):
         OmegaConf.register_new_resolver("vqformer.hardware", _hardware)
+    register()
 
 
 register_resolvers()   # importing the config module (as the compose-API tests do) is enough
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _positive_int(cfg: DictConfig, key: str) -> int:
@@ -62,6 +69,55 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _task_cfg(cfg: DictConfig) -> DictConfig:
+    """The job's config without Hydra's own node (compose-API configs carry it)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+
+
+def validate(cfg: DictConfig, check_device: bool = True) -> None:
+    """Every check of a training config: each group's ranges, then the task's rules between groups.
+
+    ``check_device=False`` skips the checks against this machine (a GPU config composed on a laptop).
+    """
+    from .lit.tasks import task_class
+
+    cfg = _task_cfg(cfg)
+    validate_groups(cfg, check_device)
+    task_class(cfg.task).validate_config(cfg)
+
+
+class ValidateSweep(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before a sweep creates its directory or submits a job, compose
+    every job of the grid (the sweeper's params, then the command line, as Hydra's basic sweeper does) and
+    validate it, so one bad value stops the whole sweep with nothing written. Device checks wait for the
+    job itself (a SLURM login node has no GPU)."""
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
+        from hydra import compose
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                   else [o.input_line] for o in OverridesParser.create().parse_overrides(lines)]
+        for job in itertools.product(*choices):
+            try:
+                validate(compose(config_name, overrides=list(job)), check_device=False)
+            except ConfigError as e:
+                sys.exit(f"[vqformer] config error in the sweep job {' '.join(job)}: {e}")
+
+
+def run_dir(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool | None = None) -> Path:
+    """The deterministic run directory: ``<log_dir>/runs/<name>/<run_name>`` for a single run and
+    ``<hydra.sweep.dir>/<run_name>`` for a sweep job, where ``run_name`` defaults to the shortened override
+    string, so the same command finds its own ``last.ckpt`` and W&B run again."""
+    if multirun is None:
+        multirun = str(hydra_cfg.get("mode")) == "RunMode.MULTIRUN"
+    leaf = cfg.get("run_name") or short_dirname(hydra_cfg.job.override_dirname)
+    root = Path(hydra_cfg.sweep.dir) if multirun else Path(cfg.paths.log_dir) / "runs" / cfg.name
+    return root / leaf
 
 
 def model_config(cfg: DictConfig) -> TransformerVQConfig:
@@ -80,39 +136,6 @@ def model_config(cfg: DictConfig) -> TransformerVQConfig:
         raise ConfigError(str(e)) from None
 
 
-def _known_corpora(cfg: DictConfig) -> dict:
-    """The registry of corpora of the configured datamodule (bytes, books or images)."""
-    target = str(cfg.data.get("_target_", ""))
-    if target.endswith("BookLMDataModule"):
-        from .data.pg19 import BOOK_CORPORA
-        return BOOK_CORPORA
-    if target.endswith("ImageLMDataModule"):
-        from .data.imagenet64 import IMAGE_CORPORA
-        return IMAGE_CORPORA
-    from .data.bytes_corpus import CORPORA  # the data layer's registry of known corpora
-    return CORPORA
-
-
-def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
-    """The model's vocabulary covers the corpus's, and image sequences hold exactly one image."""
-    target = str(cfg.data.get("_target_", ""))
-    if target.endswith("BookLMDataModule"):
-        vocab = _positive_int(cfg, "data.vocab_size")
-        if mcfg.vocab_size < vocab:
-            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
-                              f"data.vocab_size={vocab}")
-    if target.endswith("ImageLMDataModule"):
-        from .data.imagenet64 import image_tokens
-        n = image_tokens(_positive_int(cfg, "data.resolution"))
-        if cfg.sequence_len != n:
-            raise ConfigError(f"sequence_len={cfg.sequence_len} must equal one image of data.resolution="
-                              f"{cfg.data.resolution}: {n} tokens (H·W·3)")
-        if cfg.data.get("eval_sequence_len") not in (None, n):
-            raise ConfigError(f"data.eval_sequence_len={cfg.data.eval_sequence_len} must be null or one image ({n})")
-        if mcfg.vocab_size < 259:
-            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
-
-
 def check_distributed(cfg: DictConfig) -> None:
     """Our data modules shard by rank themselves; Lightning's sampler on top would shard them again."""
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
@@ -123,23 +146,21 @@ def check_distributed(cfg: DictConfig) -> None:
 
 
 def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+    """The rules of task=lm between the model, the data and the update schedule."""
     check_distributed(cfg)
     mcfg = model_config(cfg)
-    T = _positive_int(cfg, "sequence_len")
-    W = _positive_int(cfg, "update_len")
-    for key in ("data.batch_size", "trainer.max_steps", "ckpt_every", "eval_window"):
+    for key in ("sequence_len", "update_len", "eval_window", "ckpt_every", "data.batch_size"):
         _positive_int(cfg, key)
-    known = _known_corpora(cfg)
-    if cfg.data.name not in known:
-        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {sorted(known)}")
-    _check_corpus_fit(cfg, mcfg)
+    T, W = cfg.sequence_len, cfg.update_len
+    kind = kind_of(cfg.data)
+    if kind is None or kind.data_vocab(cfg.data) is None:
+        raise ConfigError(f"data._target_={cfg.data.get('_target_')!r} is not a language-modelling data module "
+                          "for task=lm; choose data=wiki_sample, enwik8, pg19, imagenet64, ... (conf/data)")
+    kind.validate(cfg.data)
+    check_vocab(mcfg.vocab_size, kind.data_vocab(cfg.data), f"data={cfg.data.name}")
     if T % W:
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
-    try:
-        mcfg.check_sequence_len("update_len", W)
-        mcfg.check_sequence_len("eval_window", cfg.eval_window)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_block_len(mcfg.block_len, update_len=W, eval_window=cfg.eval_window)
     eval_len = cfg.data.get("eval_sequence_len") or T
     if eval_len % cfg.eval_window:
         raise ConfigError(f"eval_window={cfg.eval_window} must divide the evaluation sequence length {eval_len} "
@@ -151,4 +172,9 @@ def validate_train(cfg: DictConfig) -> TransformerVQConfig:
     if mb is not None and (not isinstance(mb, int) or mb < 1 or cfg.data.batch_size % mb):
         raise ConfigError(f"micro_batch_size={mb!r} must be a positive integer dividing data.batch_size="
                           f"{cfg.data.batch_size}")
+    if uses_vq(mcfg):
+        check_codebook(mcfg.n_code, cfg.data.batch_size, W)
+    if cfg.optim.get("schedule") not in (None, "cosine"):
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} is invalid for task={cfg.get('task', 'lm')}: "
+                          "its schedule is warmup then cosine (null or cosine)")
     return mcfg

@@ -1,12 +1,13 @@
 """Train a model from a composed config: ``python -m vqformer.train [experiment=...] [key=value ...]``."""
-from pathlib import Path
+import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import CONF_DIR
-from .config import register_resolvers
+from .config import ConfigError, register_resolvers, run_dir, validate
 
 register_resolvers()
 
@@ -14,7 +15,20 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     from .lit.runner import train
-    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        validate(cfg)                  # before any directory exists or any data is touched
+    except ConfigError as e:
+        sys.exit(f"[vqformer] config error: {e}")
+    out = run_dir(cfg, HydraConfig.get())
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(out / "train.log")    # Hydra writes no log file (conf/hydra/default.yaml)
+    log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    try:
+        metrics = train(cfg, out)
+    finally:                                              # the next job of a local sweep logs elsewhere
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
     return metrics.get("val/bpb", float("nan"))
 
 

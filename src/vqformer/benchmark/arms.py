@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..nn.attention import AttentionUnit
 from ..nn.functional import vq_attention
 from ..models.transformer_vq import TransformerVQ, TransformerVQConfig
+from ..schema.rules import check_block_len
 from .grid import attention_flops
 
 KERNEL_ARMS = ("vq", "sdpa", "quadratic")
@@ -71,8 +72,8 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 def _kernel(spec: dict, device, dtype, gen) -> Built:
     p, T, B = spec["params"], spec["T"], spec["batch"]
     H, Dk, Dv, S, L = p["heads"], p["d_k"], p["d_v"], p["n_code"], p["block_len"]
-    if spec["attn"] == "vq" and T % L:
-        raise ValueError(f"kernel: block_len={L} must divide T={T}")
+    if spec["attn"] == "vq":
+        check_block_len(L, T=T)
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
@@ -152,7 +153,7 @@ def _model(spec: dict, device, dtype, gen) -> Built:
     from ..optim import build_optimizer
 
     T, B, cfg = spec["T"], spec["batch"], model_config(spec)
-    cfg.check_sequence_len("T", T)
+    check_block_len(cfg.block_len, T=T)
     torch.manual_seed(spec.get("seed", 0))
     model = TransformerVQ(cfg).to(device).train()
     ocfg = dict(spec["optim"])

@@ -82,7 +82,7 @@ class ClassifyModule(L.LightningModule):
         max_len = cfg.data.get("max_len") or spec.max_len
         if mcfg.attn_type == "full" and mcfg.max_len < max_len:
             raise ConfigError(f"model.max_len={mcfg.max_len} is shorter than the data length {max_len} (data.max_len)")
-        schedule = cfg.optim.get("schedule", "linear")
+        schedule = cfg.optim.get("schedule") or "linear"
         if schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule={schedule!r} is invalid: choose one of {list(SCHEDULES)}")
         if cfg.optim.name not in ("adamw",):
@@ -100,7 +100,7 @@ class ClassifyModule(L.LightningModule):
                   for g in param_groups(self.model, o.weight_decay)]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.get("eps", 1e-8))
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else o.warmup_steps
-        fn = (warmup_linear(o.warmup_steps, total) if o.get("schedule", "linear") == "linear"
+        fn = (warmup_linear(o.warmup_steps, total) if (o.get("schedule") or "linear") == "linear"
               else warmup_cosine(o.warmup_steps, total, o.get("min_lr_ratio", 0.0), from_zero=False))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, _positive_int, check_distributed, model_config
+from ..schema.rules import check_block_len
 from .lm_module import LMModule
 from .metrics import SegmentRecall
 
@@ -45,14 +46,11 @@ class RecallModule(LMModule):
         try:
             from hydra.utils import get_class
             get_class(cfg.data._target_)
-            for n in sorted(lengths):   # a fresh model call takes whole blocks
-                mcfg.check_sequence_len("data.*_segments.input_seq_len", n)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         except Exception as e:  # an unimportable target
             raise ConfigError(f"data._target_={cfg.data._target_!r} cannot be imported: {e}") from None
-        if cfg.update_len % mcfg.block_len or cfg.eval_window % mcfg.block_len:
-            raise ConfigError(f"model.block_len={mcfg.block_len} must divide update_len and eval_window")
+        # a fresh model call takes whole blocks
+        check_block_len(mcfg.block_len, update_len=cfg.update_len, eval_window=cfg.eval_window,
+                        **{"data.*_segments.input_seq_len": n for n in sorted(lengths)})
         try:
             from ..data.recall_datamodule import _segments
             from ..data.mqar import check_segment

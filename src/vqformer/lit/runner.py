@@ -1,7 +1,7 @@
 """Building and running a training job from a composed config: run directory, resume, loggers, markers.
 
-Conventions (``docs/conventions.md`` §3): the run directory is deterministic (Hydra's
-``hydra.run.dir`` / ``hydra.sweep.subdir`` from the overrides), so the same command finds its
+Conventions (``docs/conventions.md`` §3): the run directory is deterministic
+(``vqformer.config.run_dir``, from the experiment name and the overrides), so the same command finds its
 ``last.ckpt`` and W&B run again; a ``DONE`` marker makes a finished job a no-op; each job ends its W&B
 run; the git revision and the composed config are stored beside the checkpoints.
 """
@@ -15,11 +15,12 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import validate
 from ..provenance import git_commit
 from .tasks import task_class
 
@@ -55,22 +56,25 @@ def _wandb_mode(mode: str) -> str:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """The ``logger`` group: every non-null entry is instantiated with the run directory as ``save_dir``."""
     loggers = []
-    if cfg.logger.get("csv"):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=0))
-    wb = cfg.logger.get("wandb")
-    if wb:
-        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
-        loggers.append(WandbLogger(project=wb.project, entity=wb.entity, group=wb.group, name=run_dir.name or cfg.name,
-                                   id=run_id, save_dir=str(run_dir), mode=_wandb_mode(wb.mode),
-                                   tags=list(wb.tags or []), config=OmegaConf.to_container(cfg, resolve=True)))
+    for node in (cfg.get("logger") or {}).values():
+        if not node:
+            continue
+        kwargs = {"save_dir": str(run_dir)}
+        if issubclass(get_class(node._target_), WandbLogger):   # the same run directory resumes the same W&B run
+            kwargs.update(id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
+                          name=run_dir.name or cfg.name, mode=_wandb_mode(node.mode),
+                          config=OmegaConf.to_container(cfg, resolve=True))
+        # a partial, so that the composed config handed to W&B is not itself instantiated
+        loggers.append(instantiate(node, _partial_=True, _convert_="all")(**kwargs))
     return loggers
 
 
 def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> dict:
     """Train (or resume) one run in ``run_dir``; returns the final validation metrics."""
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # compose-API configs carry it
-    task_class(cfg.get("task", "lm")).validate_config(cfg)
+    validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / DONE
     if done.exists():
