@@ -91,7 +91,10 @@ def last_finite_checkpoint(ckpt_dir: Path) -> str:
         p = resume_path(ckpt_dir)
     except CheckpointError:
         p = None
-    return str(p) if p else "none (no checkpoint was written yet)"
+    if p is None:
+        return "none (no checkpoint was written yet)"
+    ckpt = read_checkpoint(p)
+    return f"{p} (step {ckpt.get('global_step')})" if ckpt else str(p)
 
 
 def check_writable(ckpt_dir: Path) -> None:
