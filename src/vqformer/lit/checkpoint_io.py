@@ -64,7 +64,7 @@ def read_checkpoint(path: Path) -> dict | None:
 def step_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Step checkpoints (``step<N>.ckpt``, ``milestone-step<N>.ckpt``), newest first."""
     found = [(int(m.group(1)), p) for p in ckpt_dir.glob("*.ckpt") if (m := STEP.search(p.name))]
-    return [p for _, p in sorted(found, key=lambda t: (-t[0], t[1].name))]
+    return [p for _, p in sorted(found, key=lambda t: (-t[0], t[1].name.startswith("milestone")))]
 
 
 def resume_path(ckpt_dir: Path) -> Path | None:

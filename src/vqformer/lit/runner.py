@@ -56,10 +56,10 @@ def paste_command(entry: str, run_dir: Path) -> str:
     Run directory names hold ``=`` and ``,`` (Hydra's override separators), so the value is a quoted string
     in Hydra's grammar (backslashes and quotes escaped, ``${`` not interpolated), then quoted for the shell.
     """
-    # Backslashes are literal except before a quote (or the closing one), where they are doubled.
-    v = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(run_dir))
+    # Backslashes are literal except before a double quote (or the closing one), where they are doubled.
+    v = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ('\\"' if m.group(2) else ""), str(run_dir))
     v = v.replace("${", "\\${")
-    return f"python -m vqformer.{entry} " + shlex.quote(f"run_dir='{v}'")
+    return f"python -m vqformer.{entry} " + shlex.quote(f'run_dir="{v}"')
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
