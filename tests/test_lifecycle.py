@@ -20,11 +20,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from test_configs import make_cfg
 from test_train import TINY, Crash, read_metrics, tiny_cfg
 from vqformer.lit.atomic import atomic_write_bytes, remove_stale_temporaries
-from vqformer.lit.checkpoint import CheckpointMismatch, load_module
+from vqformer.lit.checkpoint import HASH_KEY, CheckpointMismatch, config_model_hash, load_module
 from vqformer.lit.checkpoint_io import CheckpointError, non_finite_tensors
 from vqformer.lit.guard import Diverged
 from vqformer.lit.lock import LOCK_FILE, RunLock, RunLocked
@@ -232,7 +233,8 @@ def test_truncated_last_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
     capsys.readouterr()
     resumed = train(tiny_cfg(tmp_path, *args), run)
     out = capsys.readouterr().out
-    assert f"{last} is unreadable" in out and "step6.ckpt, the newest intact checkpoint" in out   # Crash(at=8) stops before the step-8 save
+    # Crash(at=8) stops before the step-8 checkpoint is written: the newest intact one is step 6.
+    assert f"{last} is unreadable" in out and "step6.ckpt, the newest intact checkpoint" in out
     assert resumed["step"] == 12
     for k in straight:
         assert resumed[k] == pytest.approx(straight[k], rel=1e-6, abs=1e-9), k
@@ -331,6 +333,8 @@ def test_evaluate_and_sample_refuse_a_checkpoint_of_another_model(tmp_path, sing
     train(tiny_cfg(tmp_path, *short), tmp_path / "a")
     train(tiny_cfg(tmp_path, *short, "model.d_model=48"), tmp_path / "b")
     other = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    stamped = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert stamped[HASH_KEY] == config_model_hash(OmegaConf.load(tmp_path / "a" / "config.yaml"))
     with pytest.raises(CheckpointMismatch, match=r"model\.d_model: 48 in the checkpoint, 32 in the run"):
         evaluate(tmp_path / "a", ckpt=str(other))
     os.replace(other, tmp_path / "a" / "checkpoints" / "last.ckpt")   # a swapped last.ckpt
@@ -348,7 +352,8 @@ def test_printed_evaluate_command_can_be_pasted_back(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if "evaluate it with:" in x)
     argv = shlex.split(line.split("evaluate it with:", 1)[1])
-    run_dir = Path(next(x for x in out.stdout.splitlines() if "run directory:" in x).split("run directory: ")[1].split("  (")[0])
+    printed = next(x for x in out.stdout.splitlines() if "run directory:" in x)
+    run_dir = Path(printed.split("run directory: ")[1].split("  (")[0])
     assert "=" in run_dir.name and "," in run_dir.name and (run_dir / DONE).exists()
     assert argv[:3] == ["python", "-m", "vqformer.evaluate"]
     ev = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)

@@ -74,7 +74,8 @@ def check_same_model(run_dir: str | Path, path: Path) -> None:
     if stored != want:
         ours = OmegaConf.to_container(run.model, resolve=True)
         diff = sorted(k for k in set(ours) | set(model) if ours.get(k) != model.get(k))
-        shown = ", ".join(f"model.{k}: {model.get(k)!r} in the checkpoint, {ours.get(k)!r} in the run" for k in diff[:6])
+        shown = ", ".join(f"model.{k}: {model.get(k)!r} in the checkpoint, {ours.get(k)!r} in the run"
+                          for k in diff[:6])
         raise CheckpointMismatch(f"refusing {path}: its model (hash {stored}) is not the model of run_dir={run_dir} "
                                  f"(hash {want}, {Path(run_dir) / 'config.yaml'})" + (f"; {shown}" if shown else ""))
 

@@ -71,7 +71,8 @@ class DivergenceGuard(L.Callback):
             print(f"[vqformer] WARNING: {what} at step {trainer.global_step}: update skipped "
                   f"({self.skips_in_row} in a row, callbacks.guard.max_skips={self.max_skips})")
             return
-        self._stop(trainer, what + (f" after {self.skips_in_row} skipped updates in a row" if self.skips_in_row else ""))
+        in_row = f" after {self.skips_in_row} skipped updates in a row" if self.skips_in_row else ""
+        self._stop(trainer, what + in_row)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         state = non_finite_state(pl_module)

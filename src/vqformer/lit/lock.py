@@ -2,7 +2,8 @@
 
 The lock is created with ``O_CREAT | O_EXCL``, which is atomic on local disks and on NFSv3+/Lustre/GPFS
 (``flock``/``fcntl`` locks are not reliable there). It records the holder (host, pid, start time, a random
-token, the SLURM job id); a thread touches it every ``heartbeat_s`` seconds. A second launch stops at once naming the holder.
+token, the SLURM job id); a thread touches it every ``heartbeat_s`` seconds. A second launch stops at once
+naming the holder.
 A lock is stale, and taken over, when its process is gone (same host, dead pid) or its heartbeat is older
 than ``stale_after_s`` (a job killed on another node), or it was left by the same SLURM job before a
 requeue. Takeover re-reads the lock just before removing it,
@@ -104,7 +105,8 @@ class RunLock:
             why = self._stale(info, age)
             if why is None:
                 raise RunLocked(f"{self.path.parent} is in use by another run ({describe(info, age)}); it holds "
-                                f"{self.path}. Wait for it to finish, or remove {self.path} if you are sure it is dead.")
+                                f"{self.path}. Wait for it to finish, or remove {self.path} if you are sure it "
+                                "is dead.")
             again, _ = self._read()
             if again == info:   # still the same stale holder: take over
                 print(f"[vqformer] taking over the stale lock {self.path} ({describe(info, age)}): {why}")
