@@ -98,7 +98,12 @@ def last_finite_checkpoint(ckpt_dir: Path) -> str:
 
 
 def check_writable(ckpt_dir: Path) -> None:
-    """Create ``ckpt_dir`` and write, fsync and delete a probe file in it; raise naming the directory."""
+    """Write, fsync and delete a probe file in ``ckpt_dir``; raise naming the directory.
+
+    A directory made only for the probe is removed again (a run that stops later, e.g. at a missing
+    download, leaves no empty checkpoint directory behind).
+    """
+    made = [p for p in (ckpt_dir, *ckpt_dir.parents) if not os.path.lexists(p)]
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=ckpt_dir)
@@ -112,3 +117,5 @@ def check_writable(ckpt_dir: Path) -> None:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({e.strerror or e}): "
                               "fix its permissions, quota or mount before training") from None
     remove_stale_temporaries(ckpt_dir)
+    for p in made:   # innermost first
+        p.rmdir()

@@ -59,6 +59,8 @@ class DivergenceGuard(L.Callback):
             self.bad_loss = float(loss)   # its gradients are non-finite too: the update is skipped below
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return   # fp16 loss scaling: overflowing gradients are expected, the scaler skips those steps
         norm, loss, self.bad_loss = grad_norm(pl_module), self.bad_loss, None
         if math.isfinite(norm) and loss is None:
             self.skips_in_row = 0
