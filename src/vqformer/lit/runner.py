@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ from .atomic import atomic_write_bytes
 from .checkpoint import ModelStamp, config_model_hash
 from .checkpoint_io import AtomicCheckpointIO, check_writable, resume_path
 from .csv_log import CompleteCSVLogger
+from .guard import Diverged
 from .lock import RunLock
 from .preemption import Preempted, Preemption
 from .tasks import task_class
@@ -180,6 +182,10 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
             raise Preempted(signal.SIGTERM, str(last)) from None
         metrics = {k: float(v) for k, v in results.items()}
         metrics["step"] = trainer.global_step
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:   # never a DONE holding NaN
+            raise Diverged(f"final validation gave non-finite {', '.join(bad)} at step {trainer.global_step}; "
+                           f"checkpoint: {last}; no {DONE} written")
         if trainer.is_global_zero:
             atomic_write_bytes(done, json.dumps(metrics, indent=1).encode())
             if "val/bpb" in metrics:
