@@ -26,7 +26,7 @@ from test_configs import make_cfg
 from test_train import TINY, Crash, read_metrics, tiny_cfg
 from vqformer.lit.atomic import atomic_write_bytes, remove_stale_temporaries
 from vqformer.lit.checkpoint import HASH_KEY, CheckpointMismatch, config_model_hash, load_module
-from vqformer.lit.checkpoint_io import CheckpointError, non_finite_tensors
+from vqformer.lit.checkpoint_io import AtomicCheckpointIO, CheckpointError, non_finite_tensors
 from vqformer.lit.guard import Diverged
 from vqformer.lit.lock import LOCK_FILE, RunLock, RunLocked
 from vqformer.lit.runner import DONE, evaluate, paste_command, train
@@ -213,6 +213,18 @@ def test_skip_policy_skips_non_finite_updates_then_stops(tmp_path, single_thread
     all_checkpoints_finite(run / "checkpoints")
     with pytest.raises(ValueError, match="callbacks.guard.policy"):
         train(tiny_cfg(tmp_path, "callbacks.guard.policy=ignore"), tmp_path / "bad")
+
+
+def test_checkpoint_writer_refuses_non_finite_tensors(tmp_path):
+    io = AtomicCheckpointIO()
+    good = {"state_dict": {"w": torch.ones(3)}, "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}],
+            "callbacks": {"kth_value": torch.tensor(float("inf"))}, "global_step": 4}   # callback infinities are fine
+    io.save_checkpoint(good, tmp_path / "ok.ckpt")
+    assert torch.load(tmp_path / "ok.ckpt", weights_only=False)["global_step"] == 4
+    bad = {**good, "optimizer_states": [{"state": {0: {"exp_avg": torch.tensor([1.0, float("nan")])}}}]}
+    with pytest.raises(CheckpointError, match=r"non-finite values in optimizer_states\[0\]/state/0/exp_avg"):
+        io.save_checkpoint(bad, tmp_path / "bad.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.ckpt"]
 
 
 # ---------------------------------------------------------------- 3: checkpoints that survive any crash
