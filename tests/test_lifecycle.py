@@ -297,7 +297,8 @@ def test_second_launch_of_the_same_command_stops_naming_the_holder(tmp_path):
               f"+callbacks.gate.path={go}", run_dir=run)
     first = subprocess.Popen(cmd, cwd=REPO, env=env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (run / "checkpoints").exists(), first)   # the first holds the lock and is training
+    # config.yaml is written once the lock is held; the gate then holds the first run after its first batch.
+    wait_for(lambda: (run / "config.yaml").exists(), first)
     second = subprocess.run(cmd, cwd=REPO, env=env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert second.returncode != 0
     msg = second.stdout + second.stderr
