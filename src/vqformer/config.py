@@ -112,9 +112,12 @@ class ValidateSweep(Callback):
 def run_dir(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool | None = None) -> Path:
     """The deterministic run directory: ``<log_dir>/runs/<name>/<run_name>`` for a single run and
     ``<hydra.sweep.dir>/<run_name>`` for a sweep job, where ``run_name`` defaults to the shortened override
-    string, so the same command finds its own ``last.ckpt`` and W&B run again."""
+    string, so the same command finds its own ``last.ckpt`` and W&B run again. A single run whose
+    ``hydra.run.dir`` is set on the command line uses that directory as it is."""
     if multirun is None:
         multirun = str(hydra_cfg.get("mode")) == "RunMode.MULTIRUN"
+    if not multirun and str(hydra_cfg.run.dir) != ".":
+        return Path(str(hydra_cfg.run.dir))
     leaf = cfg.get("run_name") or short_dirname(hydra_cfg.job.override_dirname)
     root = Path(hydra_cfg.sweep.dir) if multirun else Path(cfg.paths.log_dir) / "runs" / cfg.name
     return root / leaf

@@ -1,4 +1,9 @@
-"""Train a model from a composed config: ``python -m vqformer.train [experiment=...] [key=value ...]``."""
+"""Train a model from a composed config: ``python -m vqformer.train [experiment=...] [key=value ...]``.
+
+Exit codes: 0 finished (``DONE`` written); 128 + signal (143 SIGTERM, 138 SIGUSR1) preempted with a
+checkpoint written, run the same command to continue; 1 any error (divergence, a locked run directory, an
+unwritable checkpoint directory, a bad config), with a message naming the cause (docs/cluster.md).
+"""
 import logging
 import sys
 
@@ -14,6 +19,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    from .lit.preemption import Preempted
     from .lit.runner import train
     try:
         validate(cfg)                  # before any directory exists or any data is touched
@@ -26,6 +32,9 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger().addHandler(log_file)
     try:
         metrics = train(cfg, out)
+    except Preempted as e:
+        print(f"[vqformer] {e}", flush=True)
+        sys.exit(e.exit_code)
     finally:                                              # the next job of a local sweep logs elsewhere
         logging.getLogger().removeHandler(log_file)
         log_file.close()

@@ -1,16 +1,21 @@
 """Building and running a training job from a composed config: run directory, resume, loggers, markers.
 
-Conventions (``docs/conventions.md`` §3): the run directory is deterministic
+Conventions (docs/conventions.md §3, docs/cluster.md): the run directory is deterministic
 (``vqformer.config.run_dir``, from the experiment name and the overrides), so the same command finds its
-``last.ckpt`` and W&B run again; a ``DONE`` marker makes a finished job a no-op; each job ends its W&B
-run; the git revision and the composed config are stored beside the checkpoints.
+checkpoints and W&B run again; one process trains in it at a time (``lock.py``); a ``DONE`` marker, written
+only after a finite, complete run, makes a finished job a no-op; each job ends its W&B run; the git revision
+and the composed config are stored beside the checkpoints.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+import shlex
+import signal
 import warnings
 from pathlib import Path
 
@@ -18,10 +23,18 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import validate
 from ..provenance import git_commit
+from .atomic import atomic_write_bytes
+from .checkpoint import ModelStamp, config_model_hash
+from .checkpoint_io import AtomicCheckpointIO, check_writable, resume_path
+from .csv_log import CompleteCSVLogger
+from .guard import Diverged
+from .lock import RunLock
+from .preemption import Preempted, Preemption
 from .tasks import task_class
 
 DONE = "DONE"
@@ -30,10 +43,26 @@ DONE = "DONE"
 logging.getLogger("lightning").propagate = False
 # Checkpoints are taken after the optimizer step on purpose (a resumed run continues from there).
 warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
-# On resume the CSV writer appends to the existing metrics.csv (nothing is deleted despite its warning).
-warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
+# The run directory holds the checkpoints of earlier attempts of the same run: that is how it resumes.
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+def is_rank_zero() -> bool:
+    """The job's first process (before Lightning has set up distributed training)."""
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def paste_command(entry: str, run_dir: Path) -> str:
+    """A shell command line whose ``run_dir=`` Hydra parses back to exactly ``run_dir``.
+
+    Run directory names hold ``=`` and ``,`` (Hydra's override separators), so the value is a quoted string
+    in Hydra's grammar (backslashes and quotes escaped, ``${`` not interpolated), then quoted for the shell.
+    """
+    # Backslashes are literal except before a double quote (or the closing one), where they are doubled.
+    v = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ('\\"' if m.group(2) else ""), str(run_dir))
+    v = v.replace("${", "\\${")
+    return f"python -m vqformer.{entry} " + shlex.quote(f'run_dir="{v}"')
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
@@ -71,20 +100,64 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
+    """The ``callbacks`` group: null entries and milestones without a period are left out."""
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        target = str(node.get("_target_", ""))
+        kwargs = {}
+        if target.endswith("ModelCheckpoint"):
+            if node.get("every_n_train_steps") is None:
+                continue
+            kwargs["dirpath"] = str(ckpt_dir)
+        elif target.endswith(("DivergenceGuard", "Preemption")):
+            kwargs["ckpt_dir"] = str(ckpt_dir)
+        elif target.endswith("ProgressBar") and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        try:
+            callbacks.append(instantiate(node, **kwargs))
+        except Exception as e:
+            cause = e.__cause__ or e
+            raise ValueError(f"callbacks.{name}: {cause}") from None
+    return callbacks
+
+
 def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> dict:
-    """Train (or resume) one run in ``run_dir``; returns the final validation metrics."""
+    """Train (or resume) one run in ``run_dir``; returns the final validation metrics.
+
+    Raises ``Diverged`` (non-finite values), ``Preempted`` (a signal; checkpoint written), ``RunLocked``
+    (another process trains in ``run_dir``) or ``CheckpointError`` (unwritable checkpoint directory); none
+    of them writes ``DONE``.
+    """
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # compose-API configs carry it
     validate(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = build_callbacks(cfg, ckpt_dir)
+    lock_cfg = cfg.get("lock") or {}
+    lock = RunLock(run_dir, **lock_cfg) if is_rank_zero() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / DONE
     if done.exists():
         metrics = json.loads(done.read_text())
         print(f"[vqformer] {run_dir} is already finished ({DONE} marker); final metrics: {metrics}")
         return metrics
+    if lock is not None:
+        lock.acquire()   # a second launch stops here, before it writes anything
+    try:
+        return _train_locked(cfg, run_dir, ckpt_dir, callbacks + list(extra_callbacks or []))
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: list) -> dict:
+    done = run_dir / DONE
+    check_writable(ckpt_dir)   # an unwritable checkpoint directory stops the run before any work
     L.seed_everything(cfg.seed, workers=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (run_dir / "git.json").write_text(json.dumps(git_commit(), indent=1))
+    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    atomic_write_bytes(run_dir / "git.json", json.dumps(git_commit(), indent=1).encode())
     datamodule = build_datamodule(cfg)
     if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0:
         hw = cfg.trainer   # resolved (hardware=auto): the line says what this machine gave the run
@@ -93,30 +166,42 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         datamodule.prepare_data()   # a missing download stops here, before a model is built
     module = build_module(cfg)
     loggers = build_loggers(cfg, run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", auto_insert_metric_name=False,
-                                 every_n_train_steps=cfg.ckpt_every, save_last=True, save_top_k=-1)]
-    callbacks += list(extra_callbacks or [])
+    callbacks = callbacks + [ModelStamp(config_model_hash(cfg))]
+    preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        raise ValueError("callbacks.checkpoint is missing: a run without checkpoints cannot resume")
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
-                        callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=True)
+                        callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=True,
+                        plugins=[AtomicCheckpointIO()])
     last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    ckpt_path = resume_path(ckpt_dir) if cfg.resume else None
     if ckpt_path:
         print(f"[vqformer] resuming from {ckpt_path}")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         trainer.save_checkpoint(str(last))
-        results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        if preemption is not None and preemption.received is not None:
+            preemption.saved = str(last)
+            preemption.stop(trainer)   # the signal came during the last batch: stop before validating
+        try:
+            results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        except SIGTERMException:   # Lightning's handler during the final validation
+            raise Preempted(signal.SIGTERM, str(last)) from None
         metrics = {k: float(v) for k, v in results.items()}
         metrics["step"] = trainer.global_step
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:   # never a DONE holding NaN
+            raise Diverged(f"final validation gave non-finite {', '.join(bad)} at step {trainer.global_step}; "
+                           f"checkpoint: {last}; no {DONE} written")
         if trainer.is_global_zero:
-            done.write_text(json.dumps(metrics, indent=1))
+            atomic_write_bytes(done, json.dumps(metrics, indent=1).encode())
             if "val/bpb" in metrics:
                 print(f"[vqformer] validation bits per byte: {metrics['val/bpb']:.4f} after {trainer.global_step} steps")
             else:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
                 print(f"[vqformer] validation: {shown} after {trainer.global_step} steps")
             print(f"[vqformer] run directory: {run_dir}  (metrics: {run_dir}/csv/version_0/metrics.csv)")
+            print(f"[vqformer] evaluate it with: {paste_command('evaluate', run_dir)} split=test")
         return metrics
     finally:
         for lg in loggers:

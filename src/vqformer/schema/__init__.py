@@ -68,7 +68,7 @@ def validate_groups(cfg, check_device: bool = True) -> None:
         one_of("trainer.accelerator", cfg.trainer.accelerator, hardware.ACCELERATORS)
         one_of("trainer.precision", str(cfg.trainer.precision), hardware.PRECISIONS)
     LoggerSchema.validate(cfg.logger)
-    if OmegaConf.is_dict(cfg.get("callbacks")) and OmegaConf.get_type(cfg.callbacks) is CallbacksSchema:
+    if OmegaConf.is_dict(cfg.get("callbacks")):
         CallbacksSchema.validate(cfg.callbacks)
     kind = kind_of(cfg.data)
     if kind is not None:

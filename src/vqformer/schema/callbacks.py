@@ -1,11 +1,15 @@
 """Schema of the ``callbacks`` group (conf/callbacks/*.yaml): every entry is null (off) or a node with
 ``_target_`` that ``vqformer.lit.runner.build_callbacks`` instantiates (the runner adds the checkpoint
-directory). conf/callbacks/default.yaml extends it with ``defaults: [schema_callbacks, _self_]``.
+directory). The group stays open, so a user's own callback is one override
+(``+callbacks.mine._target_=pkg.Module``); ``validate`` checks the entries below and that every other entry
+names a ``_target_``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
+
+from omegaconf import OmegaConf
 
 from .base import fail, one_of
 
@@ -47,7 +51,10 @@ class CallbacksSchema:
 
     @staticmethod
     def validate(c) -> None:
-        if c.checkpoint is None:
+        for name, node in c.items():
+            if node is not None and not (OmegaConf.is_dict(node) and node.get("_target_")):
+                fail(f"callbacks.{name}", node, "must be null or a node with _target_")
+        if c.get("checkpoint") is None:
             fail("callbacks.checkpoint", None, "is required: a run without checkpoints cannot resume")
         for key in ("checkpoint", "milestones"):
             node = c.get(key)
@@ -57,11 +64,11 @@ class CallbacksSchema:
             if n is not None and (not isinstance(n, int) or n < 1):
                 fail(f"callbacks.{key}.every_n_train_steps", n, "must be a positive integer (or null)")
             one_of(f"callbacks.{key}.mode", node.mode, ("min", "max"))
-        if c.guard is not None:
+        if c.get("guard") is not None:
             one_of("callbacks.guard.policy", c.guard.policy, ("stop", "skip"))
             if not isinstance(c.guard.max_skips, int) or c.guard.max_skips < 0:
                 fail("callbacks.guard.max_skips", c.guard.max_skips, "must be an integer >= 0")
-        if c.preemption is not None:
+        if c.get("preemption") is not None:
             import signal
             for s in c.preemption.signals:
                 if s not in signal.Signals.__members__:
