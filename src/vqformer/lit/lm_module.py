@@ -86,7 +86,8 @@ class LMModule(L.LightningModule):
             nll_total, commit_total, stats = 0.0, 0.0, {}
             for m, b0 in enumerate(range(0, B, mb)):
                 rows, cols = slice(b0, b0 + mb), slice(w0, w0 + W)
-                logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed)
+                logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed,
+                                         mask=mask[rows, cols] > 0, example_offset=b0)
                 states[m] = aux.state.detach()
                 nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
                 frac = inputs[rows].shape[0] / B

@@ -102,7 +102,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _stats(self, k: Tensor, codes: Tensor, err: Tensor, w: Tensor | None) -> dict:
         weight = torch.ones_like(err, dtype=torch.float32) if w is None else w.float()   # exact counts under bf16
-        usage = torch.zeros(self.n_head, self.n_code, device=codes.device)
+        usage = torch.zeros(self.n_head, self.n_code, device=codes.device, dtype=weight.dtype)
         usage.scatter_add_(1, self._by_head(codes), self._by_head(weight))
         p = usage / usage.sum(-1, keepdim=True).clamp_min(1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
