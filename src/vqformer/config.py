@@ -9,6 +9,7 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
+from .models.lm import carries_state
 from .models.transformer_vq import RENAMED, TransformerVQConfig
 
 
@@ -40,18 +41,17 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     return value
 
 
-def model_config(cfg: DictConfig) -> TransformerVQConfig:
-    """The typed model config; its own validation names ``model.<field>`` and ``model.mixer.<name>.<knob>``."""
+def model_config(cfg: DictConfig):
+    """The typed model config (``model.arch`` picks it; default transformer_vq); its own validation names
+    ``model.<field>`` and ``model.mixer.<name>.<knob>``."""
+    from .models import lm_config
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    known = set(TransformerVQConfig.__dataclass_fields__)
-    unknown = set(kwargs) - known
-    moved = sorted(k for k in unknown if k in RENAMED)
-    if moved:
-        raise ConfigError("; ".join(f"model.{k} is now model.{RENAMED[k]}" for k in moved))
-    if unknown:
-        raise ConfigError(f"model: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    if kwargs.get("arch", "transformer_vq") == "transformer_vq":
+        moved = sorted(k for k in set(kwargs) - set(TransformerVQConfig.__dataclass_fields__) if k in RENAMED)
+        if moved:
+            raise ConfigError("; ".join(f"model.{k} is now model.{RENAMED[k]}" for k in moved))
     try:
-        return TransformerVQConfig(**kwargs)
+        return lm_config(kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
@@ -89,7 +89,7 @@ def _check_corpus_fit(cfg: DictConfig, mcfg: TransformerVQConfig) -> None:
             raise ConfigError(f"model.vocab_size={mcfg.vocab_size} must be >= 259 (bytes + 3) for images")
 
 
-def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+def validate_train(cfg: DictConfig):
     mcfg = model_config(cfg)
     T = _positive_int(cfg, "sequence_len")
     W = _positive_int(cfg, "update_len")
@@ -101,12 +101,17 @@ def validate_train(cfg: DictConfig) -> TransformerVQConfig:
     _check_corpus_fit(cfg, mcfg)
     if T % W:
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
-    try:
-        mcfg.check_sequence_len("update_len", W)
-        mcfg.check_sequence_len("eval_window", cfg.eval_window)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     eval_len = cfg.data.get("eval_sequence_len") or T
+    if not carries_state(mcfg) and (W != T or cfg.eval_window != eval_len):
+        raise ConfigError(f"model.arch={cfg.model.get('arch')} carries no state between calls: update_len={W} must "
+                          f"equal sequence_len={T} and eval_window={cfg.eval_window} the evaluation sequence length "
+                          f"{eval_len} (data.eval_sequence_len or sequence_len)")
+    if carries_state(mcfg):
+        try:
+            mcfg.check_sequence_len("update_len", W)
+            mcfg.check_sequence_len("eval_window", cfg.eval_window)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if eval_len % cfg.eval_window:
         raise ConfigError(f"eval_window={cfg.eval_window} must divide the evaluation sequence length {eval_len} "
                           "(data.eval_sequence_len or sequence_len)")

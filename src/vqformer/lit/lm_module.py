@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..models import TransformerVQ, TransformerVQConfig
+from ..models import build_lm
 from ..optim import build_optimizer, schedule_end, warmup_cosine
 from .metrics import TokenNLL, derived, text_metrics
 
@@ -32,7 +32,7 @@ class LMModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = TransformerVQ(TransformerVQConfig(**model))
+        self.model = build_lm(model)   # model.arch: transformer_vq (default) | longvq
         self.optim_cfg = DictConfig(optim) if not isinstance(optim, DictConfig) else optim
         self.update_len, self.micro_batch_size = update_len, micro_batch_size
         self.eval_window = eval_window or update_len
