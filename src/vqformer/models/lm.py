@@ -9,12 +9,22 @@ evaluated with one window per sequence (``update_len = eval_window = sequence_le
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from torch import Tensor
 
 from .longvq import LongVQConfig, LongVQDecoder
 from .transformer_vq import Aux, DecoderState, TransformerVQ, TransformerVQConfig
+
+
+@dataclass
+class NoState:
+    """What a stateless LM returns as its state: only the position, so that continuing from it fails loudly
+    instead of silently dropping the context."""
+    pos: int = 0
+
+    def detach(self):
+        return self
 
 
 class LongVQLM(LongVQDecoder):
@@ -29,11 +39,14 @@ class LongVQLM(LongVQDecoder):
                 mask: Tensor | None = None, example_offset: int = 0, reference: bool = False):
         """tokens [B,T] -> (logits [B,T,V], Aux); ``mask`` [B,T] (True = real token) keeps pads out of the
         SSM input, the commit loss and the EMA statistics. ``reference``: the O(T²) attention definition."""
-        if state is not None:
+        if state is not None and getattr(state, "pos", 1) != 0:
             raise ValueError("model.arch=longvq carries no state between calls: train and evaluate with "
                              "update_len = eval_window = sequence_len (one call per sequence)")
         logits, commit, stats = super().forward(tokens, mask, reference)
-        return logits, Aux(commit, stats, None)
+        return logits, Aux(commit, stats, NoState(tokens.shape[1]))
+
+    def empty_state(self) -> NoState:
+        return NoState()
 
 
 LM_ARCHS = {"transformer_vq": (TransformerVQConfig, TransformerVQ), "longvq": (LongVQConfig, LongVQLM)}
