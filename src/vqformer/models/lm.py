@@ -4,7 +4,8 @@ field is absent) or ``longvq`` (the causal LongVQ decoder, docs/longvq.md §1.4 
 Every LM has the decoder interface the LM module drives: ``forward(tokens, state, drop_seed=, mask=,
 example_offset=) -> (logits, Aux)``, ``update_codebooks()``, ``cfg.c_beta``, and its config says whether
 the model carries a state between calls (``carries_state``); a model that does not is trained and
-evaluated with one window per sequence (``update_len = eval_window = sequence_len``).
+evaluated with one window per sequence (``update_len = eval_window = sequence_len``, checked by
+``vqformer.config.validate_train``).
 """
 from __future__ import annotations
 
@@ -30,23 +31,32 @@ class NoState:
 class LongVQLM(LongVQDecoder):
     """The causal LongVQ decoder behind the LM interface.
 
-    It carries no state across calls: its SSM is a convolution over the whole input (FFT) and its attention
-    call starts from an empty cache, so every sequence is one call. The masks of ``drop_seed`` (LayerDrop,
-    sinusoid dropout) do not exist in this model; its dropout is MEGA's per-element dropout.
+    With ``attn_type: vq`` and an untruncated SSM it carries its state across calls like Transformer-VQ (per
+    block: the SSM's hidden state and the attention cache), so training runs over update windows with the
+    state carried and evaluation over any window. MEGA's full attention (``attn_type: full``) and a truncated
+    SSM kernel carry none: every sequence is then one call (``update_len = eval_window = sequence_len``).
+    There are no LayerDrop or sinusoid masks in this model (``drop_seed`` is unused); its dropout is MEGA's
+    per-element dropout.
     """
 
-    def forward(self, tokens: Tensor, state: DecoderState | None = None, drop_seed: int | None = None,
-                mask: Tensor | None = None, example_offset: int = 0, reference: bool = False):
-        """tokens [B,T] -> (logits [B,T,V], Aux); ``mask`` [B,T] (True = real token) keeps pads out of the
-        SSM input, the commit loss and the EMA statistics. ``reference``: the O(T²) attention definition."""
-        if state is not None and getattr(state, "pos", 1) != 0:
-            raise ValueError("model.arch=longvq carries no state between calls: train and evaluate with "
-                             "update_len = eval_window = sequence_len (one call per sequence)")
-        logits, commit, stats = super().forward(tokens, mask, reference)
-        return logits, Aux(commit, stats, NoState(tokens.shape[1]))
+    def empty_state(self):
+        return DecoderState(0, self.empty_states()) if self.cfg.carries_state else NoState()
 
-    def empty_state(self) -> NoState:
-        return NoState()
+    def forward(self, tokens: Tensor, state=None, drop_seed: int | None = None, mask: Tensor | None = None,
+                example_offset: int = 0, reference: bool = False):
+        """tokens [B,T] -> (logits [B,T,V], Aux); ``mask`` [B,T] (True = real token) keeps pads out of the
+        SSM input, the commit loss and the EMA statistics. ``reference``: one whole sequence through the O(T²)
+        attention definition."""
+        T = tokens.shape[1]
+        if reference or not self.cfg.carries_state:
+            if state is not None and state.pos != 0:
+                raise ValueError("this LongVQ LM (attn_type=full, a truncation, or reference=True) carries no state "
+                                 "between calls: use update_len = eval_window = sequence_len")
+            logits, commit, stats = super().forward(tokens, mask, reference)
+            return logits, Aux(commit, stats, NoState(T))
+        state = self.empty_state() if state is None else state
+        logits, commit, stats, units = self.forward_carry(tokens, mask, state.units)
+        return logits, Aux(commit, stats, DecoderState(state.pos + T, units))
 
 
 LM_ARCHS = {"transformer_vq": (TransformerVQConfig, TransformerVQ), "longvq": (LongVQConfig, LongVQLM)}
@@ -79,7 +89,8 @@ def build_lm(model):
 
 
 def carries_state(cfg) -> bool:
-    return LM_ARCHS["transformer_vq"][0] is type(cfg)
+    """Whether the LM of ``cfg`` continues a sequence across calls (update windows, evaluation windows)."""
+    return getattr(cfg, "carries_state", True)
 
 
 __all__ = ["LM_ARCHS", "LongVQLM", "build_lm", "carries_state", "lm_config"]
