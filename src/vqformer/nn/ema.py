@@ -72,13 +72,14 @@ class _LongConv(nn.Module):
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
         y = self.conv(x)
-        w, log_lam, c = self.recurrence()
-        T = x.shape[1]
-        powers = torch.exp(log_lam[..., None] * torch.arange(T + 1, device=x.device, dtype=log_lam.real.dtype))
-        new = torch.einsum("btd,dn,dnt->bdn", x.to(w.dtype), w, powers[..., :T].flip(-1))   # Σ_s λ^{T−1−s} w x_s
-        if state is not None:
-            y = y + torch.einsum("bdn,dn,dnt->btd", state, c, powers[..., 1:]).real.to(y.dtype)
-            new = new + powers[..., T] * state
+        with torch.autocast(x.device.type, enabled=False):   # the carried state stays in the parameters' precision
+            w, log_lam, c = self.recurrence()
+            T = x.shape[1]
+            powers = torch.exp(log_lam[..., None] * torch.arange(T + 1, device=x.device, dtype=log_lam.real.dtype))
+            new = torch.einsum("btd,dn,dnt->bdn", x.to(w.dtype), w, powers[..., :T].flip(-1))  # Σ_s λ^{T−1−s} w x_s
+            if state is not None:
+                y = y + torch.einsum("bdn,dn,dnt->btd", state, c, powers[..., 1:]).real.to(y.dtype)
+                new = new + powers[..., T] * state
         return F.silu(y + self.omega.to(x.dtype) * x), new
 
 
