@@ -87,6 +87,11 @@ def test_windows_with_the_carried_state_equal_one_call_and_the_reference(kw):
         commits.append(aux_w.commit_loss * (b - a))
     assert state.pos == 20
     torch.testing.assert_close(torch.cat(pieces, 1), whole, rtol=1e-10, atol=1e-10)
+    state, steps = model.empty_state(), []                                # token by token, as sampling runs it
+    for t in range(7):
+        out, aux_t = model(toks[:, t:t + 1], state)
+        state, steps = aux_t.state, steps + [out]
+    torch.testing.assert_close(torch.cat(steps, 1), whole[:, :7], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(sum(commits) / 20, aux.commit_loss, rtol=1e-10, atol=1e-12)
     # The gradient reaches earlier windows through the carried state until it is detached (as in training).
     emb = model.embed.weight
