@@ -90,7 +90,7 @@ class LMModule(L.LightningModule):
                                          mask=mask[rows, cols] > 0, example_offset=b0)
                 states[m] = aux.state.detach()
                 nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
-                frac = inputs[rows].shape[0] / B
+                frac = mask[rows, cols].sum().double() / n_tok   # real tokens: the commit loss is a mean over them
                 self.manual_backward(nll / n_tok + c_beta * aux.commit_loss * frac)
                 nll_total += nll.detach()
                 commit_total += aux.commit_loss.detach() * frac
