@@ -75,7 +75,8 @@ class LMModule(L.LightningModule):
         B, T = inputs.shape
         W, mb = self.update_len, self.micro_batch_size or B
         # Seeding per batch makes dropout reproducible across a resume; the LayerDrop and sinusoid
-        # masks come from ``drop_seed`` so every window of this batch shares them (§1.5).
+        # masks are a function of ``drop_seed`` and the global example index, so every window of this batch
+        # shares them and no two examples (micro-batches, ranks) share one (§1.5).
         batch_seed = self.seed * 1_000_003 + self.global_step
         t_start = time.perf_counter()
         torch.manual_seed(batch_seed)
@@ -87,7 +88,7 @@ class LMModule(L.LightningModule):
             for m, b0 in enumerate(range(0, B, mb)):
                 rows, cols = slice(b0, b0 + mb), slice(w0, w0 + W)
                 logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed,
-                                         mask=mask[rows, cols] > 0, example_offset=b0)
+                                         mask=mask[rows, cols] > 0, example_offset=self.global_rank * B + b0)
                 states[m] = aux.state.detach()
                 nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
                 frac = mask[rows, cols].sum().double() / n_tok   # real tokens: the commit loss is a mean over them
