@@ -165,7 +165,7 @@ class _Stack(nn.Module):
         h = F.dropout(h * mask[..., None].to(h.dtype), self.cfg.dropout, self.training)
         commit, stats = h.new_zeros(()), []
         for block in self.blocks:
-            h, c, s, _ = block(h, mask, reference)
+            h, c, s = block(h, mask, reference)
             commit, stats = commit + c, stats + ([s] if s else [])
         if self.final_norm is not None:
             h = self.final_norm(h)
@@ -227,7 +227,7 @@ class LongVQDecoder(_Stack):
                       self.training)
         commit, stats, new = h.new_zeros(()), [], []
         for block, state in zip(self.blocks, states):
-            h, c, s, state = block(h, mask, state=state)
+            h, c, s, state = block.carry(h, mask, state)
             commit, stats, new = commit + c, stats + ([s] if s else []), new + [state]
         if self.final_norm is not None:
             h = self.final_norm(h)

@@ -148,10 +148,16 @@ class GatedVQAttention(nn.Module):
                                           bias=bias, attn_fn=cfg.attn_fn, window=cfg.window)
         return o, commit, stats, None
 
-    def forward(self, x: Tensor, mask: Tensor, reference: bool = False, state: BlockState | None = None):
-        """-> (Y, commit loss, stats, new state). A ``state`` (causal vq only; ``BlockState()`` when a sequence
-        starts) runs the window as the continuation of the windows before it and returns the state after it;
-        without one the call is a whole sequence and the new state is None."""
+    def forward(self, x: Tensor, mask: Tensor, reference: bool = False):
+        """A whole sequence -> (Y, commit loss, stats)."""
+        return self._run(x, mask, reference, None)[:3]
+
+    def carry(self, x: Tensor, mask: Tensor, state: BlockState):
+        """A window continuing a sequence from ``state`` (causal vq only; ``BlockState()`` where the sequence
+        starts) -> (Y, commit loss, stats, the state after this window)."""
+        return self._run(x, mask, False, state)
+
+    def _run(self, x: Tensor, mask: Tensor, reference: bool, state: BlockState | None):
         cfg = self.cfg
         D, Z, V = cfg.d_model, cfg.z_dim, cfg.v_dim
         residual = x
@@ -201,8 +207,13 @@ class LongVQBlock(nn.Module):
         self.mixer = GatedVQAttention(cfg, causal)
         self.ffn = NormalizedFFN(cfg)
 
-    def forward(self, x: Tensor, mask: Tensor, reference: bool = False, state: BlockState | None = None):
-        y, commit, stats, state = self.mixer(x, mask, reference, state)
+    def forward(self, x: Tensor, mask: Tensor, reference: bool = False):
+        y, commit, stats = self.mixer(x, mask, reference)
+        return self.ffn(y), commit, stats
+
+    def carry(self, x: Tensor, mask: Tensor, state: BlockState):
+        """The block on a window continuing a sequence (``GatedVQAttention.carry``)."""
+        y, commit, stats, state = self.mixer.carry(x, mask, state)
         return self.ffn(y), commit, stats, state
 
 
