@@ -103,10 +103,11 @@ def validate_train(cfg: DictConfig):
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
     eval_len = cfg.data.get("eval_sequence_len") or T
     if not carries_state(mcfg) and (W != T or cfg.eval_window != eval_len):
-        raise ConfigError(f"the model (model.arch={cfg.model.get('arch')}, model.attn_type={cfg.model.get('attn_type')}, "
-                          f"model.truncation={cfg.model.get('truncation')}) carries no state between calls: update_len={W} must "
-                          f"equal sequence_len={T} and eval_window={cfg.eval_window} the evaluation sequence length "
-                          f"{eval_len} (data.eval_sequence_len or sequence_len)")
+        m = cfg.model
+        raise ConfigError(f"the model (model.arch={m.get('arch')}, model.attn_type={m.get('attn_type')}, "
+                          f"model.truncation={m.get('truncation')}) carries no state between calls: update_len={W} "
+                          f"must equal sequence_len={T} and eval_window={cfg.eval_window} the evaluation sequence "
+                          f"length {eval_len} (data.eval_sequence_len or sequence_len)")
     if carries_state(mcfg):
         try:
             mcfg.check_sequence_len("update_len", W)

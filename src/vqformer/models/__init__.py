@@ -5,5 +5,6 @@ from .lm import LM_ARCHS, LongVQLM, build_lm, carries_state, lm_config
 from .longvq import LongVQClassifier, LongVQConfig, LongVQDecoder
 from .transformer_vq import Aux, DecoderState, TransformerVQ, TransformerVQConfig
 
-__all__ = ["LM_ARCHS", "LongVQLM", "build_lm", "carries_state", "lm_config", "Aux", "DecoderState", "TransformerVQ", "TransformerVQConfig", "LongVQClassifier", "LongVQConfig",
+__all__ = ["LM_ARCHS", "LongVQLM", "build_lm", "carries_state", "lm_config",
+           "Aux", "DecoderState", "TransformerVQ", "TransformerVQConfig", "LongVQClassifier", "LongVQConfig",
            "LongVQDecoder"]
