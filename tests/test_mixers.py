@@ -46,7 +46,7 @@ class MeanMixer(Mixer):
     """o_t = Σ_{j<=t} decay^(t-j) v_j / Σ_{j<=t} decay^(t-j): no queries, keys or positions."""
     config_class = MeanConfig
 
-    def forward(self, q, k, v, state=None, sin_mask=None):
+    def forward(self, q, k, v, state=None, sin_mask=None, mask=None):
         B, H, T, Dv = v.shape
         if state is None:
             state = MeanState(0, v.new_zeros(B, H, Dv), v.new_zeros(B, H, 1))

@@ -172,6 +172,19 @@ def test_valid_configs_are_accepted():
             TransformerVQConfig(**{**TINY, "head_type": h, "attn_type": a, "mem_len": TINY["block_len"]})
 
 
+@pytest.mark.parametrize("head_type, width", [("shga", None), ("mqa", 5 * 8), ("mha", 4 * 8)])
+def test_official_d_ff_zero_means_the_head_types_width(head_type, width):
+    """The official scripts pass --d_ff=0: shga has no MLP (its second branch is a GAU, so d_ff is unused);
+    mqa/mha take 5·D / 4·D, the width the official ``optimized`` branch derives from the head type."""
+    zero = TransformerVQ(TransformerVQConfig(**{**TINY, "head_type": head_type, "d_ff": 0}))
+    null = TransformerVQ(TransformerVQConfig(**{**TINY, "head_type": head_type, "d_ff": None}))
+    assert [(n, p.shape) for n, p in zero.named_parameters()] == [(n, p.shape) for n, p in null.named_parameters()]
+    mlps = [b for b in zero.branches if not hasattr(b, "mixer")]
+    assert (not mlps) if width is None else all(m.w_in.weight.shape[0] == width for m in mlps) and mlps
+    with pytest.raises(ValueError, match="model.d_ff"):
+        TransformerVQConfig(**{**TINY, "head_type": head_type, "d_ff": -1})
+
+
 def test_block_len_must_divide_the_input_length():
     m = model("shga", "vq")
     with pytest.raises(ValueError, match="block_len"):

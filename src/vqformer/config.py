@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .models.lm import carries_state
 from .models.transformer_vq import RENAMED, TransformerVQConfig
 from .schema import ConfigError, kind_of, register, validate_groups
 from .schema.rules import check_block_len, check_codebook, check_vocab, uses_vq
@@ -123,18 +124,17 @@ def run_dir(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool | None = None
     return root / leaf
 
 
-def model_config(cfg: DictConfig) -> TransformerVQConfig:
-    """The typed model config; its own validation names ``model.<field>`` and ``model.mixer.<name>.<knob>``."""
+def model_config(cfg: DictConfig):
+    """The typed model config (``model.arch`` picks it; default transformer_vq); its own validation names
+    ``model.<field>`` and ``model.mixer.<name>.<knob>``."""
+    from .models import lm_config
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    known = set(TransformerVQConfig.__dataclass_fields__)
-    unknown = set(kwargs) - known
-    moved = sorted(k for k in unknown if k in RENAMED)
-    if moved:
-        raise ConfigError("; ".join(f"model.{k} is now model.{RENAMED[k]}" for k in moved))
-    if unknown:
-        raise ConfigError(f"model: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    if kwargs.get("arch", "transformer_vq") == "transformer_vq":
+        moved = sorted(k for k in set(kwargs) - set(TransformerVQConfig.__dataclass_fields__) if k in RENAMED)
+        if moved:
+            raise ConfigError("; ".join(f"model.{k} is now model.{RENAMED[k]}" for k in moved))
     try:
-        return TransformerVQConfig(**kwargs)
+        return lm_config(kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
@@ -148,7 +148,7 @@ def check_distributed(cfg: DictConfig) -> None:
                           "(hardware=cpu_ddp, gpu_ddp, auto and slurm_* set it)")
 
 
-def validate_train(cfg: DictConfig) -> TransformerVQConfig:
+def validate_train(cfg: DictConfig):
     """The rules of task=lm between the model, the data and the update schedule."""
     check_distributed(cfg)
     mcfg = model_config(cfg)
@@ -163,8 +163,15 @@ def validate_train(cfg: DictConfig) -> TransformerVQConfig:
     check_vocab(mcfg.vocab_size, kind.data_vocab(cfg.data), f"data={cfg.data.name}")
     if T % W:
         raise ConfigError(f"update_len={W} must divide sequence_len={T}")
-    check_block_len(mcfg.block_len, update_len=W, eval_window=cfg.eval_window)
     eval_len = cfg.data.get("eval_sequence_len") or T
+    if not carries_state(mcfg) and (W != T or cfg.eval_window != eval_len):
+        m = cfg.model
+        raise ConfigError(f"the model (model.arch={m.get('arch')}, model.attn_type={m.get('attn_type')}, "
+                          f"model.truncation={m.get('truncation')}) carries no state between calls: update_len={W} "
+                          f"must equal sequence_len={T} and eval_window={cfg.eval_window} the evaluation sequence "
+                          f"length {eval_len} (data.eval_sequence_len or sequence_len)")
+    if carries_state(mcfg):
+        check_block_len(mcfg.block_len, update_len=W, eval_window=cfg.eval_window)
     if eval_len % cfg.eval_window:
         raise ConfigError(f"eval_window={cfg.eval_window} must divide the evaluation sequence length {eval_len} "
                           "(data.eval_sequence_len or sequence_len)")

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..models import TransformerVQ, TransformerVQConfig
+from ..models import build_lm
 from ..optim import build_optimizer, schedule_end, warmup_cosine
 from .metrics import TokenNLL, derived, text_metrics
 
@@ -49,7 +49,7 @@ class LMModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = TransformerVQ(TransformerVQConfig(**model))
+        self.model = build_lm(model)   # model.arch: transformer_vq (default) | longvq
         self.optim_cfg = DictConfig(optim) if not isinstance(optim, DictConfig) else optim
         self.update_len, self.micro_batch_size = update_len, micro_batch_size
         self.eval_window = eval_window or update_len
@@ -107,11 +107,12 @@ class LMModule(L.LightningModule):
         W, mb = self.update_len, self.micro_batch_size or B
         world, rank = self.trainer.world_size, self.trainer.global_rank
         # Seeding per batch makes dropout reproducible across a resume; the LayerDrop and sinusoid
-        # masks come from ``drop_seed`` so every window of this batch shares them (§1.5). Rank 0 keeps the
-        # single-process seed; other ranks draw their own masks.
-        batch_seed = self.seed * 1_000_003 + self.global_step + rank * 1_000_000_007
+        # masks are a function of ``drop_seed`` and the global example index (§1.5), so every window of this
+        # batch shares them and no two examples (micro-batches, ranks) share one. Residual and embedding dropout
+        # draw from the global stream, seeded per rank (rank 0 keeps the single-process seed).
+        batch_seed = self.seed * 1_000_003 + self.global_step
         t_start = time.perf_counter()
-        torch.manual_seed(batch_seed)
+        torch.manual_seed(batch_seed + rank * 1_000_000_007)
         starts = list(range(0, B, mb))
         states = [None] * len(starts)
         c_beta = self.model.cfg.c_beta
@@ -121,11 +122,15 @@ class LMModule(L.LightningModule):
             for m, b0 in enumerate(starts):
                 rows, cols = slice(b0, b0 + mb), slice(w0, w0 + W)
                 with self._no_sync(last=m == len(starts) - 1):
-                    logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed)
+                    logits, aux = self.model(inputs[rows, cols], states[m], drop_seed=batch_seed,
+                                             mask=mask[rows, cols] > 0, example_offset=rank * B + b0)
                     states[m] = aux.state.detach()
                     nll = self._nll(logits, targets[rows, cols], mask[rows, cols])
-                    frac = inputs[rows].shape[0] / B
-                    self.manual_backward(nll / n_tok * world + c_beta * aux.commit_loss * frac)
+                    # This micro-batch's share of the global batch's real tokens (the commit loss is a mean over
+                    # them); float64, since 8/24 in float32 is off by 3e-8.
+                    frac = mask[rows, cols].sum().double() / n_tok
+                    # DDP averages gradients over ranks: × world makes the update the global token mean.
+                    self.manual_backward((nll / n_tok + c_beta * aux.commit_loss * frac) * world)
                 nll_total += nll.detach()
                 commit_total += aux.commit_loss.detach() * frac
                 stats = aux.stats
@@ -139,7 +144,7 @@ class LMModule(L.LightningModule):
             # The logged loss and commitment are those of the global batch (every rank logs the same).
             sums = self._sum_ranks(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=mask.device)
                                                 for v in (nll_total, commit_total)]))
-            self._log_train(sums[0] / n_tok, sums[1] / world, stats, sched)
+            self._log_train(sums[0] / n_tok, sums[1], stats, sched)
         self.log("train/tokens_per_s", float(mask.sum()) * world / (time.perf_counter() - t_start), on_step=True)
         return None
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.ema import SSM_TYPES
-from ..nn.longvq import NORMS, LongVQBlock, SequenceNorm, linear
+from ..nn.longvq import NORMS, BlockState, LongVQBlock, SequenceNorm, linear
 from ..nn.vq_bidirectional import ATTN_FNS, WINDOWS
 
 ATTN_TYPES = ("vq", "chunk", "full")
@@ -102,6 +102,17 @@ class LongVQConfig:
             raise ValueError("model.attn_type='chunk' is invalid for the causal decoder: choose vq or full")
         if self.norm == "batchnorm":
             raise ValueError("model.norm='batchnorm' is invalid for the causal decoder (it mixes positions)")
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether the causal decoder can continue a sequence across calls (the Transformer-VQ recurrence and
+        the untruncated causal SSM; MEGA's full attention and a truncated kernel cannot)."""
+        return self.attn_type == "vq" and self.truncation is None
+
+    def check_sequence_len(self, name: str, length: int) -> None:
+        """Raise if ``block_len`` does not divide a window length the decoder carries its state across."""
+        if length < 1 or length % self.block_len:
+            raise ValueError(f"model.block_len={self.block_len} must divide {name}={length}")
 
     def padded_len(self, length: int) -> int:
         if self.attn_type == "full":
@@ -201,6 +212,27 @@ class LongVQDecoder(_Stack):
         mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
         h, _, commit, stats = self.encode(tokens, mask, reference)
         return self.out(h[:, :T]), commit, stats
+
+    def empty_states(self) -> list[BlockState]:
+        return [BlockState() for _ in self.blocks]
+
+    def forward_carry(self, tokens: Tensor, mask: Tensor | None, states: list[BlockState]):
+        """One window of a sequence continuing from ``states`` (``empty_states()`` at its start): -> (logits,
+        commit loss, stats, new states). No padding: the window's every token enters the carried state.
+        Consecutive windows equal one ``forward`` on their concatenation."""
+        if not self.cfg.carries_state:
+            raise ValueError("model.attn_type=full or a model.truncation cannot carry a state between calls")
+        mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+        h = F.dropout(self.embed(tokens) * mask[..., None].to(self.embed.weight.dtype), self.cfg.dropout,
+                      self.training)
+        commit, stats, new = h.new_zeros(()), [], []
+        for block, state in zip(self.blocks, states):
+            h, c, s, state = block.carry(h, mask, state)
+            commit, stats, new = commit + c, stats + ([s] if s else []), new + [state]
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        stats = {k: torch.stack([s[k] for s in stats]).mean() for k in (stats[0] if stats else {})}
+        return self.out(h), commit, stats, new
 
 
 __all__ = ["ATTN_TYPES", "LongVQClassifier", "LongVQConfig", "LongVQDecoder"]

@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..nn.attention import HEAD_TYPES, MLP, AttentionUnit
+from ..nn.dropout import keep_mask
 from ..nn.functional import KERNELS
 from ..nn.linear import dense
 from ..nn.mixers import MIXERS, MixerConfig, check_types, mixer_class
@@ -45,7 +46,7 @@ class TransformerVQConfig:
     d_model: int = 768
     d_k: int = 128
     d_v: int = 1536
-    d_ff: int | None = None          # mqa/mha MLP width; None: 5·d_model (mqa) or 4·d_model (mha)
+    d_ff: int | None = None          # mqa/mha MLP width; 0 (official) or None: 5·d_model (mqa), 4·d_model (mha)
     n_layer: int = 24
     head_type: str = "shga"
     n_code: int = 512
@@ -100,8 +101,8 @@ class TransformerVQConfig:
             bad("d_k", f"must divide d_model={self.d_model} for head_type={self.head_type}")
         if self.mem_len is not None and self.mem_len != self.block_len:
             bad("mem_len", f"must equal block_len={self.block_len} (the band length M = L of the paper)")
-        if self.d_ff is not None and self.d_ff < 1:
-            bad("d_ff", "must be a positive integer or null")
+        if self.d_ff is not None and self.d_ff < 0:
+            bad("d_ff", "must be >= 0 or null (0 and null: the head type's width; shga has no MLP)")
         if self.d_model % 2:
             bad("d_model", "must be even (sinusoid tables)")
         for name in ("p_dropsin", "p_dropres", "p_droplyr", "p_dropemb"):
@@ -152,6 +153,8 @@ class TransformerVQConfig:
 
     @property
     def ffn_width(self) -> int:
+        # The official scripts pass --d_ff=0: unused by shga (its second branch is a GAU) and, in the
+        # ``optimized`` branch, mqa/mha derive the width from the head type. Hence 0 means that default.
         return self.d_ff or (5 if self.head_type == "mqa" else 4) * self.d_model
 
 
@@ -229,31 +232,42 @@ class TransformerVQ(nn.Module):
         for qz in self.quantizers():
             qz.update()
 
-    def _drop_masks(self, B: int, n_sin: int, device, drop_seed: int | None):
-        """LayerDrop [branches, B] and sinusoid-dropout [n_sin, D] masks, rescaled (§1.5).
-
-        A ``drop_seed`` draws them from a seeded generator, so all update windows of one training batch
-        share them, as the official "timeless" RNG does.
-        """
+    def drop_masks(self, B: int, pos: int, T: int, drop_seed: int, example_offset: int = 0):
+        """LayerDrop [branches, B] and one sinusoid-dropout mask [B, n_u, D] per attention unit (None where
+        off), rescaled by 1/(1-p) (§1.5). Every entry is a function of (``drop_seed``, mask, global example
+        index = ``example_offset`` + row), so all update windows of one batch share them and a micro-batch
+        gets exactly the rows of the whole batch's masks."""
         cfg = self.cfg
-        if not self.training or (cfg.p_droplyr == 0 and cfg.p_dropsin == 0):
-            return None, None
-        gen = None if drop_seed is None else torch.Generator(device=device).manual_seed(drop_seed)
+        ex = torch.arange(example_offset, example_offset + B, device=self.embed.weight.device)
+        layer = None
+        if cfg.p_droplyr > 0:
+            layer = keep_mask(drop_seed, 0, ex, (len(self.branches),), cfg.p_droplyr).T
+        sins = [None] * len(self.units)
+        if cfg.p_dropsin > 0:
+            for i, u in enumerate(self.units):   # each GAU its own mask, as the official per-module RNG does
+                n = u.mixer.n_distances(pos, T)
+                if n:
+                    sins[i] = keep_mask(drop_seed, 1 + i, ex, (n, cfg.d_model), cfg.p_dropsin)
+        return layer, sins
 
-        def mask(shape, p):
-            return None if p == 0 else (torch.rand(shape, generator=gen, device=device) >= p).float() / (1 - p)
-        return mask((len(self.branches), B), cfg.p_droplyr), mask((n_sin, cfg.d_model), cfg.p_dropsin)
+    def forward(self, tokens: Tensor, state: DecoderState | None = None, drop_seed: int | None = None,
+                mask: Tensor | None = None, example_offset: int = 0) -> tuple[Tensor, Aux]:
+        """tokens [B,T] -> logits [B,T,V] and the auxiliary record (commit loss, statistics, new state).
 
-    def forward(self, tokens: Tensor, state: DecoderState | None = None,
-                drop_seed: int | None = None) -> tuple[Tensor, Aux]:
-        """tokens [B,T] -> logits [B,T,V] and the auxiliary record (commit loss, statistics, new state)."""
+        ``mask`` [B,T] (True = a real token) keeps pads out of every quantizer's commit loss and EMA statistics.
+        ``drop_seed`` and ``example_offset`` fix the LayerDrop and sinusoid masks (``drop_masks``) in training;
+        without a seed they are drawn from the global RNG.
+        """
         cfg = self.cfg
         B, T = tokens.shape
         if state is None:
             cfg.check_sequence_len("the input length", T)
             state = self.empty_state()
-        n_sin = max(u.mixer.n_distances(state.pos, T) for u in self.units)
-        layer_mask, sin_mask = self._drop_masks(B, n_sin, tokens.device, drop_seed)
+        layer_mask, sin_masks = None, [None] * len(self.units)
+        if self.training and (cfg.p_droplyr > 0 or cfg.p_dropsin > 0):
+            if drop_seed is None:
+                drop_seed = int(torch.randint(0, 2 ** 62, ()).item())
+            layer_mask, sin_masks = self.drop_masks(B, state.pos, T, drop_seed, example_offset)
 
         x = self.embed(tokens)
         if self.pe_scale is not None:
@@ -265,7 +279,8 @@ class TransformerVQ(nn.Module):
         run = _checkpointed if cfg.remat and torch.is_grad_enabled() else (lambda branch, *a: branch(*a))
         for i, branch in enumerate(self.branches):
             if isinstance(branch, AttentionUnit):
-                y, c, s, st = run(branch, x, state.units[len(new_units)], sin_mask)
+                u = len(new_units)
+                y, c, s, st = run(branch, x, state.units[u], sin_masks[u], mask)
                 commit = commit + c
                 stats.append(s)
                 new_units.append(st)

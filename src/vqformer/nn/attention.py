@@ -55,8 +55,8 @@ class AttentionUnit(nn.Module):
     def _heads(self, x: Tensor, h: int) -> Tensor:
         return x.view(*x.shape[:2], h, -1).transpose(1, 2)          # [B,T,h·d] -> [B,h,T,d]
 
-    def forward(self, x: Tensor, state=None, sin_mask: Tensor | None = None):
-        """x [B,T,D] -> (y [B,T,D], commit loss, codebook statistics, new state)."""
+    def forward(self, x: Tensor, state=None, sin_mask: Tensor | None = None, mask: Tensor | None = None):
+        """x [B,T,D] -> (y [B,T,D], commit loss, codebook statistics, new state); ``mask`` [B,T]: real tokens."""
         d = self.dims
         h = self.norm(x)
         q = self._heads(self.w_q(h), d.n_q)
@@ -64,7 +64,7 @@ class AttentionUnit(nn.Module):
         v = self._heads(self.w_v(h), d.n_kv)
         if self.gated:
             v = F.silu(v)
-        out = self.mixer(q, k, v, state, sin_mask)
+        out = self.mixer(q, k, v, state, sin_mask, mask)
         o = out.out.transpose(1, 2).reshape(*x.shape[:2], -1)            # [B,T,Hq·Dv]
         if self.gated:
             o = o * F.silu(self.w_g(h))

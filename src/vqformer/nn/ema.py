@@ -58,6 +58,30 @@ class _LongConv(nn.Module):
             x = x * mask[..., None].to(x.dtype)
         return F.silu(y + self.omega.to(x.dtype) * x)
 
+    def recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(w, log λ, c), each [D, N], of the causal recurrence ``h_t = λ h_{t−1} + w x_t``,
+        ``y_t = Re Σ_n c_n h_t[n]``, whose impulse response is the causal kernel."""
+        raise NotImplementedError
+
+    def carry(self, x: Tensor, mask: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The causal sublayer on a window that continues a sequence: ``state`` [B, D, N] is the hidden state
+        after the previous window (None: the sequence starts here). Returns (output, state after this window);
+        windows chained this way equal one call on their concatenation."""
+        if self.bidirectional or self.truncation:
+            raise ValueError("an SSM state can be carried only by the causal, untruncated SSM (truncation: null)")
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        y = self.conv(x)
+        with torch.autocast(x.device.type, enabled=False):   # the carried state stays in the parameters' precision
+            w, log_lam, c = self.recurrence()
+            T = x.shape[1]
+            powers = torch.exp(log_lam[..., None] * torch.arange(T + 1, device=x.device, dtype=log_lam.real.dtype))
+            new = torch.einsum("btd,dn,dnt->bdn", x.to(w.dtype), w, powers[..., :T].flip(-1))  # Σ_s λ^{T−1−s} w x_s
+            if state is not None:
+                y = y + torch.einsum("bdn,dn,dnt->btd", state, c, powers[..., 1:]).real.to(y.dtype)
+                new = new + powers[..., T] * state
+        return F.silu(y + self.omega.to(x.dtype) * x), new
+
 
 class DampedEMA(_LongConv):
     """MEGA's ``MultiHeadEMA`` (§1.2a): per channel ``h_t = p β x_t + (1 − p a) h_{t−1}``, ``y_t = Σ_k γ h^{-1/2} h_t``."""
@@ -78,6 +102,10 @@ class DampedEMA(_LongConv):
         p = torch.sigmoid(self.delta)
         q = 1.0 - p * torch.sigmoid(self.alpha)
         return p * self.beta, q
+
+    def recurrence(self):
+        pb, q = self.coefficients()
+        return pb[..., 0], torch.log(q[..., 0]), self.gamma * self.scale
 
     def kernel(self, length: int) -> Tensor:
         pb, q = self.coefficients()
@@ -102,6 +130,10 @@ class S4D(_LongConv):
         a = torch.complex(-torch.exp(self.log_a_real), self.a_imag)
         dta = a * torch.exp(self.log_dt)[:, None]
         return dta, (torch.exp(dta) - 1.0) / a, torch.view_as_complex(self.c.contiguous())
+
+    def recurrence(self):
+        dta, b_bar, c = self.modes()
+        return b_bar, dta, 2 * c
 
     def kernel(self, length: int) -> Tensor:
         dta, b_bar, c = self.modes()

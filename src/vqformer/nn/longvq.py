@@ -16,6 +16,8 @@ Spec: ``docs/longvq.md``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,6 +70,18 @@ def linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
     return lin
 
 
+@dataclass
+class BlockState:
+    """What a causal block carries to the next window of a sequence: the SSM's hidden state [B, D, N] and the
+    attention state (``vqformer.nn.functional.VQAttentionState``); None where the sequence starts."""
+    ssm: Tensor | None = None
+    attn: object = None
+
+    def detach(self) -> "BlockState":
+        return BlockState(None if self.ssm is None else self.ssm.detach(),
+                          None if self.attn is None else self.attn.detach())
+
+
 class GatedVQAttention(nn.Module):
     """One MEGA/LongVQ token mixer with its gated residual (the caller adds nothing)."""
 
@@ -96,8 +110,9 @@ class GatedVQAttention(nn.Module):
         M = self.cfg.max_len
         return self.rel_bias[M - T: M + T - 1]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, reference: bool = False):
-        """-> (O [B,T,v], commit loss, codebook stats). ``reference`` evaluates the O(T²) definition."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, reference: bool = False, state=None):
+        """-> (O [B,T,v], commit loss, codebook stats, attention state). ``reference`` evaluates the O(T²)
+        definition; ``state`` continues the causal recurrence (the state is returned by that path only)."""
         cfg, T = self.cfg, q.shape[1]
         commit, stats, codes = q.new_zeros(()), {}, None
         if self.quantizer is not None:   # one head; pads stay out of the commit loss and the EMA k-means
@@ -117,10 +132,11 @@ class GatedVQAttention(nn.Module):
                 if reference:
                     o = vq_attention_reference(q[:, None], k[:, None], v[:, None], cfg.block_len, band_bias=band)
                 else:
-                    o, _ = vq_attention(q[:, None], k[:, None], v[:, None], codes[:, None],
-                                        self.quantizer.codebook.to(q.dtype), cfg.block_len, band_bias=band,
-                                        grad_thru_cache=cfg.grad_thru_cache)
-            return o[:, 0], commit, stats
+                    o, state = vq_attention(q[:, None], k[:, None], v[:, None], codes[:, None],
+                                            self.quantizer.codebook.to(q.dtype), cfg.block_len, band_bias=band,
+                                            grad_thru_cache=cfg.grad_thru_cache, state=state)
+                    return o[:, 0], commit, stats, state
+            return o[:, 0], commit, stats, None
         if cfg.attn_type == "vq" and not reference:
             o = vq_attention_bidir(q, k, v, codes, self.quantizer.codebook[0].to(q.dtype), mask, cfg.block_len,
                                    bias=bias, attn_fn=cfg.attn_fn, window=cfg.window,
@@ -130,26 +146,42 @@ class GatedVQAttention(nn.Module):
         else:
             o = bidir_attention_reference(q, k, v, mask, cfg.block_len if cfg.attn_type == "vq" else None,
                                           bias=bias, attn_fn=cfg.attn_fn, window=cfg.window)
-        return o, commit, stats
+        return o, commit, stats, None
 
     def forward(self, x: Tensor, mask: Tensor, reference: bool = False):
+        """A whole sequence -> (Y, commit loss, stats)."""
+        return self._run(x, mask, reference, None)[:3]
+
+    def carry(self, x: Tensor, mask: Tensor, state: BlockState):
+        """A window continuing a sequence from ``state`` (causal vq only; ``BlockState()`` where the sequence
+        starts) -> (Y, commit loss, stats, the state after this window)."""
+        return self._run(x, mask, False, state)
+
+    def _run(self, x: Tensor, mask: Tensor, reference: bool, state: BlockState | None):
         cfg = self.cfg
         D, Z, V = cfg.d_model, cfg.z_dim, cfg.v_dim
         residual = x
         h = self.norm(x) if cfg.prenorm else x
         v = F.silu(self.v_proj(h))
-        xs = h if self.ssm is None else self.ssm(h, mask)
+        ssm_state = None
+        if self.ssm is None:
+            xs = h
+        elif state is not None:
+            xs, ssm_state = self.ssm.carry(h, mask, state.ssm)
+        else:
+            xs = self.ssm(h, mask)
         xs = F.dropout(xs, cfg.dropout, self.training)
         u, zr, hx = self.mx_proj(xs).split([D, Z + V, D], dim=-1)
         phi = torch.sigmoid(u)
         z, r = F.silu(zr).split([Z, V], dim=-1)
         q = z * self.qk_weight[0] + self.qk_bias[0]
         k = z * self.qk_weight[1] + self.qk_bias[1]
-        o, commit, stats = self.attend(q, k, v, mask, reference)
+        o, commit, stats, attn_state = self.attend(q, k, v, mask, reference, None if state is None else state.attn)
         hh = F.silu(hx + self.h_proj(o * r))
         hh = F.dropout(hh, cfg.dropout, self.training)
         y = phi * hh + (1 - phi) * residual          # gated residual to the un-normalized input
-        return (y if cfg.prenorm else self.norm(y)), commit, stats
+        new = None if state is None else BlockState(ssm_state, attn_state)
+        return (y if cfg.prenorm else self.norm(y)), commit, stats, new
 
 
 class NormalizedFFN(nn.Module):
@@ -179,5 +211,10 @@ class LongVQBlock(nn.Module):
         y, commit, stats = self.mixer(x, mask, reference)
         return self.ffn(y), commit, stats
 
+    def carry(self, x: Tensor, mask: Tensor, state: BlockState):
+        """The block on a window continuing a sequence (``GatedVQAttention.carry``)."""
+        y, commit, stats, state = self.mixer.carry(x, mask, state)
+        return self.ffn(y), commit, stats, state
 
-__all__ = ["GatedVQAttention", "LongVQBlock", "NORMS", "NormalizedFFN", "ScaleNorm", "SequenceNorm"]
+
+__all__ = ["BlockState", "GatedVQAttention", "LongVQBlock", "NORMS", "NormalizedFFN", "ScaleNorm", "SequenceNorm"]

@@ -60,18 +60,19 @@ class CallbacksSchema:
             node = c.get(key)
             if node is None:
                 continue
-            n = node.every_n_train_steps
+            n = node.get("every_n_train_steps")
             if n is not None and (not isinstance(n, int) or n < 1):
                 fail(f"callbacks.{key}.every_n_train_steps", n, "must be a positive integer (or null)")
-            one_of(f"callbacks.{key}.mode", node.mode, ("min", "max"))
+            one_of(f"callbacks.{key}.mode", node.get("mode", "min"), ("min", "max"))
         if c.get("guard") is not None:
-            one_of("callbacks.guard.policy", c.guard.policy, ("stop", "skip"))
-            if not isinstance(c.guard.max_skips, int) or c.guard.max_skips < 0:
-                fail("callbacks.guard.max_skips", c.guard.max_skips, "must be an integer >= 0")
+            one_of("callbacks.guard.policy", c.guard.get("policy", "stop"), ("stop", "skip"))
+            skips = c.guard.get("max_skips", 0)
+            if not isinstance(skips, int) or skips < 0:
+                fail("callbacks.guard.max_skips", skips, "must be an integer >= 0")
         if c.get("preemption") is not None:
             import signal
-            for s in c.preemption.signals:
+            for s in c.preemption.get("signals", []):
                 if s not in signal.Signals.__members__:
                     fail("callbacks.preemption.signals", list(c.preemption.signals), f"{s} is not a signal name")
-            if c.preemption.requeue not in ("auto", True, False):
+            if c.preemption.get("requeue", "auto") not in ("auto", True, False):
                 fail("callbacks.preemption.requeue", c.preemption.requeue, "auto | true | false")

@@ -89,7 +89,10 @@ class Mixer(nn.Module):
         self.model_cfg, self.dims, self.cfg = model_cfg, dims, cfg
         self.quantizer = None        # a VectorQuantizer when the mixer has an EMA codebook
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, state=None, sin_mask: Tensor | None = None) -> MixerOutput:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, state=None, sin_mask: Tensor | None = None,
+                mask: Tensor | None = None) -> MixerOutput:
+        """``sin_mask`` [B, n_distances, d_model]: this unit's sinusoid-dropout mask (training) or None;
+        ``mask`` [B,T] (True = real token): a mixer with a quantizer keeps pads out of its commit loss and EMA."""
         raise NotImplementedError
 
     def state_bytes(self, length: int) -> int:
@@ -98,7 +101,7 @@ class Mixer(nn.Module):
 
     def n_distances(self, pos: int, length: int) -> int:
         """Rows of the relative-position sinusoid table read by a call on ``length`` tokens after ``pos``
-        (the sinusoid-dropout mask is drawn once for the largest); 0 for a mixer without positions."""
+        (its sinusoid-dropout mask has this many rows); 0 for a mixer without positions."""
         return 0
 
 

@@ -23,7 +23,7 @@ class FullConfig(MixerConfig):
 class FullMixer(XLMixer):
     config_class = FullConfig
 
-    def forward(self, q, k, v, state=None, sin_mask=None):
+    def forward(self, q, k, v, state=None, sin_mask=None, mask=None):
         qu, qv, k = self.queries_keys(q, k)
         T = q.shape[2]
         pos = 0 if state is None else state.pos

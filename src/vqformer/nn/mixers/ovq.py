@@ -61,7 +61,7 @@ class OVQMixer(Mixer):
         # 1-D: no weight decay, like the XL u and v
         self.log_beta = nn.Parameter(torch.full((dims.n_q,), math.log(cfg.beta))) if cfg.beta_learned else None
 
-    def forward(self, q, k, v, state=None, sin_mask=None):
+    def forward(self, q, k, v, state=None, sin_mask=None, mask=None):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = self.log_beta.exp() if self.log_beta is not None else self.cfg.beta
         o, state = ovq_attention(q, k, v, self.cfg.options(), beta=beta, state=state)

@@ -28,7 +28,7 @@ class SWAConfig(MixerConfig):
 class SWAMixer(XLMixer):
     config_class = SWAConfig
 
-    def forward(self, q, k, v, state=None, sin_mask=None):
+    def forward(self, q, k, v, state=None, sin_mask=None, mask=None):
         W = self.cfg.window
         qu, qv, k = self.queries_keys(q, k)
         band = self.rel_scores(qv, torch.arange(W, device=q.device), sin_mask)

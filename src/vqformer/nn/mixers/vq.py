@@ -31,10 +31,10 @@ class VQMixer(XLMixer):
         super().__init__(model_cfg, dims, cfg)
         self.quantizer = VectorQuantizer(dims.n_kv, model_cfg.n_code, dims.d_k, model_cfg.c_gamma)
 
-    def forward(self, q, k, v, state=None, sin_mask=None):
+    def forward(self, q, k, v, state=None, sin_mask=None, mask=None):
         m, L = self.model_cfg, self.model_cfg.block_len
         qu, qv, k = self.queries_keys(q, k)
-        vq = self.quantizer(k)
+        vq = self.quantizer(k, mask)
         band = None if self.cfg.nope else self.rel_scores(qv, torch.arange(L + 1, device=q.device), sin_mask)
         o, state = vq_attention(qu, vq.k_hat, v, vq.codes, self.quantizer.codebook.to(q.dtype), L,
                                 band_bias=band, agg_cache=m.agg_cache, state=state,

@@ -36,13 +36,17 @@ class XLMixer(Mixer):
         return qu, qv, k
 
     def rel_scores(self, qv: Tensor, distances: Tensor, sin_mask: Tensor | None) -> Tensor:
-        """``(q + v')·r_d`` for each distance d in ``distances`` -> [B,n_q,T,len(distances)]."""
-        m = self.model_cfg
-        table = sin_emb(distances, m.d_model, m.pe_lam).to(qv.dtype)
-        if sin_mask is not None:
-            table = table * sin_mask[: table.shape[0]].to(table.dtype)
-        r = self.w_r(table).view(len(distances), self.dims.n_rel, -1).transpose(0, 1) * self.dims.d_k ** -0.25
-        return torch.einsum("bhtd,hnd->bhtn", qv, r.expand(self.dims.n_q, -1, -1))
+        """``(q + v')·r_d`` for each distance d in ``distances`` -> [B,n_q,T,len(distances)].
 
+        ``sin_mask`` [B, >=len(distances), D]: this unit's per-example sinusoid-dropout mask (rows = distances).
+        """
+        m, n = self.model_cfg, len(distances)
+        table = sin_emb(distances, m.d_model, m.pe_lam).to(qv.dtype)                  # [n, D]
+        if sin_mask is None:
+            r = self.w_r(table).view(n, self.dims.n_rel, -1).transpose(0, 1) * self.dims.d_k ** -0.25
+            return torch.einsum("bhtd,hnd->bhtn", qv, r.expand(self.dims.n_q, -1, -1))
+        table = table * sin_mask[:, :n].to(table.dtype)                                 # [B, n, D]
+        r = self.w_r(table).view(-1, n, self.dims.n_rel, self.dims.d_k).transpose(1, 2) * self.dims.d_k ** -0.25
+        return torch.einsum("bhtd,bhnd->bhtn", qv, r.expand(-1, self.dims.n_q, -1, -1))
 
 __all__ = ["XLMixer"]
