@@ -20,6 +20,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..progress import progress
+
 __all__ = [
     "DataIntegrityError",
     "DataIntegrityWarning",
@@ -235,6 +237,7 @@ def download(
     md5: str | None = None,
     sha256: str | None = None,
     timeout: float = 60.0,
+    show_progress: bool = True,
 ) -> Path:
     """Fetch `url` to `dest`, resuming a previous partial download in `dest.part`.
 
@@ -262,9 +265,14 @@ def download(
             else:
                 # The server ignored the Range header: start over.
                 mode = "wb"
-            with open(part, mode) as f:
+            length = resp.headers.get("Content-Length")
+            done = offset if mode == "ab" else 0
+            total = done + int(length) if length and length.isdigit() else None
+            bar = progress(total=total, initial=done, desc=dest.name, unit="B", disable=not show_progress or None)
+            with open(part, mode) as f, bar:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
+                    bar.update(len(chunk))
                 # On disk before the rename below, or a crash could leave a complete-looking name over lost data.
                 f.flush()
                 os.fsync(f.fileno())
