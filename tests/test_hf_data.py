@@ -178,7 +178,7 @@ def test_offline_hub_fails_with_one_message_naming_hub_id_and_local_copy(tmp_pat
     for message, hub_id, name in zip(messages, ("Salesforce/wikitext", "deepmind/pg19"), ("WikiText-103", "PG-19")):
         assert message.startswith(name) and hub_id in message and str(tmp_path / "empty") in message
         assert "save_to_disk" in message and "data.local_path=" in message and "parquet" in message
-    assert "wikitext-103-v1" in messages[0] and str(tmp_path / "root" / "WikiText-103" / "hf_local") in messages[0]
+    assert "wikitext-103-v1" in messages[0] and str(tmp_path / "root" / "wikitext103" / "hf_local") in messages[0]
 
 
 def test_a_bad_local_copy_fails_with_the_same_message(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .files import DataUnavailableError
 
-__all__ = ["HF_CACHE", "SOURCES", "cache_dir", "load_splits", "local_copy_help"]
+__all__ = ["HF_CACHE", "SOURCES", "cache_dir", "default_local_path", "load_splits", "local_copy_help"]
 
 SOURCES = ("hub", "local")
 HF_CACHE = "hf_cache"
@@ -31,6 +31,11 @@ def cache_dir(root: str | os.PathLike) -> Path:
     """The HF datasets cache: `$HF_DATASETS_CACHE` if set, else `<root>/hf_cache`."""
     env = os.environ.get("HF_DATASETS_CACHE")
     return Path(env) if env else Path(os.path.abspath(root)) / HF_CACHE
+
+
+def default_local_path(dataset: str, root: str | os.PathLike) -> Path:
+    """Where the error message suggests placing a local copy: `<root>/<name>/hf_local` (e.g. `wikitext103`)."""
+    return Path(os.path.abspath(root)) / "".join(c for c in dataset.lower() if c.isalnum()) / "hf_local"
 
 
 def _config_args(hub_id: str, hub_config: str | None) -> str:
@@ -86,7 +91,7 @@ def load_splits(dataset: str, root: str | os.PathLike, hub_id: str, hub_config: 
         raise ValueError(f"data.source={source!r} is not a datasets source here; choose one of {list(SOURCES)}")
     if source == "local" and not local_path:
         raise ValueError(f"data.source=local needs data.local_path (a save_to_disk folder or parquet files of {dataset})")
-    local = Path(os.path.abspath(local_path or Path(root) / dataset / "hf_local"))
+    local = Path(os.path.abspath(local_path or default_local_path(dataset, root)))
     cache = cache_dir(root)
     try:
         import datasets
