@@ -52,7 +52,8 @@ def progress(iterable: Iterable | None = None, total: float | None = None, desc:
     if unit == "B":
         kw.setdefault("unit_scale", True)
         kw.setdefault("unit_divisor", 1024)
-    kw.setdefault("disable", os.environ.get("VQFORMER_PROGRESS", "1") == "0")
+    if kw.get("disable") is None:   # None (or unset): on unless VQFORMER_PROGRESS=0
+        kw["disable"] = os.environ.get("VQFORMER_PROGRESS", "1") == "0"
     kw.setdefault("dynamic_ncols", True)
     if not _is_tty(stream):
         stream = _Lines(stream)

@@ -55,11 +55,17 @@ class DataIntegrityWarning(UserWarning):
     """Prepared data did not match its manifest and is prepared again from its source."""
 
 
+_PROGRESS_BYTES = 1 << 30   # hashing files this large takes seconds to minutes (the PG-19 and ImageNet64 splits)
+
+
 def _hash_file(path: str | os.PathLike, algo: str) -> str:
     h = hashlib.new(algo)
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, progress(total=size, desc=f"{algo} {Path(path).name}", unit="B",
+                                         disable=size < _PROGRESS_BYTES or None) as bar:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+            bar.update(len(chunk))
     return h.hexdigest()
 
 
