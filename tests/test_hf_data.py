@@ -187,3 +187,35 @@ def test_a_bad_local_copy_fails_with_the_same_message(tmp_path):
         _prepare(tmp_path, tmp_path / "copy")
     with pytest.raises(ValueError, match="data.local_path"):
         hf.load_splits("WikiText-103", tmp_path, "Salesforce/wikitext", source="local")
+
+
+def test_config_files_compose_into_the_data_module(tmp_path, wiki_disk):
+    """conf/data/wikitext103_local.yaml (and its parent wikitext103.yaml) instantiate the real pipeline."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        hub = compose("train", overrides=["data=wikitext103"])
+        cfg = compose("train", overrides=["data=wikitext103_local", f"data.local_path={wiki_disk}",
+                                          f"paths.data_dir={tmp_path}", "data.vocab_size=64", "sequence_len=4",
+                                          "data.batch_size=2"])
+    GlobalHydra.instance().clear()
+    assert (hub.data.source, hub.data.hub_id, hub.data.hub_config, hub.data.tokenizer, hub.data.vocab_size) == \
+        ("hub", "Salesforce/wikitext", "wikitext-103-v1", "word", wikitext.WIKITEXT103_VOCAB)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.out_dir == pg19.book_dir("wikitext103", tmp_path, 64, "word") and dm.split_stats("test")["n_books"] == 2
+
+
+def test_prepare_command_line_reads_a_local_copy(tmp_path, wiki_parquet, capsys):
+    from vqformer.data.prepare import main
+
+    assert main(["wikitext103", "--root", str(tmp_path), "--source", "local", "--local-path", str(wiki_parquet),
+                 "--vocab-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "word tokenizer of" in out and str(pg19.book_dir("wikitext103", tmp_path, 64, "word")) in out
+    assert main(["shakespeare", "--root", str(tmp_path), "--tokenizer", "word"]) == 1

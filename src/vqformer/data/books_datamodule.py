@@ -142,7 +142,8 @@ class BookLMDataModule(ByteLMDataModule):
         hf_kw = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_revision": hub_revision,
                  "local_path": local_path, "num_proc": int(num_proc), "tokenizer": tokenizer}
         if name == "pg19":
-            hf_kw.pop("hub_config")
+            if hf_kw.pop("hub_config") is not None:
+                raise ValueError(f"data.hub_config={hub_config!r}: PG-19 has no hub configuration; leave it null")
             if tokenizer != "bpe":
                 raise ValueError(f"data.tokenizer={tokenizer!r}: PG-19 uses the BPE tokenizer (bpe)")
             hf_kw.pop("tokenizer")

@@ -5,7 +5,7 @@ Spec: ``docs/longvq.md`` §4.1–4.2 and §4.4; ``docs/data.md`` §3–4 (URLs, 
 path). IMDb and CIFAR-10 come from one of three places, ``generator.source`` (docs/data.md §7):
 
 * ``hub``: the `datasets` copies ``stanfordnlp/imdb`` and ``uoft-cs/cifar10`` (``generator.hub_id``), through the HF
-  cache (``data.hf``);
+  cache (``data.hf``), falling back to the archives (``url``) when they cannot be loaded;
 * ``local``: a `datasets` copy (``save_to_disk`` folder or parquet files) at ``generator.local_path``;
 * ``url`` (the default when unset): the publishers' archives under ``<root>/lra/raw/``, downloaded when missing
   (checked by md5, resumable).
@@ -126,11 +126,25 @@ def read_cifar_datasets(root, gen: dict) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
+def _hub_or_url(gen: dict, from_hub, from_url):
+    """`from_hub()` for source hub / local; `from_url()` for url, and as the fallback when the hub copy fails."""
+    source = _fetch_source(gen)
+    if source == "url":
+        return from_url()
+    try:
+        return from_hub()
+    except DataUnavailableError as hub_error:
+        if source == "local":
+            raise
+        try:
+            return from_url()
+        except DataUnavailableError as e:
+            raise DataUnavailableError(f"{hub_error}\nThe fallback, the publisher's archive, failed too:\n{e}") from e
+
+
 def _text(root, max_len: int, gen: dict) -> dict:
-    if _fetch_source(gen) == "url":
-        data = read_imdb(fetch(root, "aclImdb_v1.tar.gz", IMDB_URL, gen.get("md5", IMDB_MD5), gen.get("download", True)))
-    else:
-        data = read_imdb_datasets(root, gen)
+    data = _hub_or_url(gen, lambda: read_imdb_datasets(root, gen), lambda: read_imdb(
+        fetch(root, "aclImdb_v1.tar.gz", IMDB_URL, gen.get("md5", IMDB_MD5), gen.get("download", True))))
     out = {}
     for split, src in (("train", "train"), ("val", "test"), ("test", "test")):   # LRA: test doubles as val
         x, n = encode_bytes(data[src][0], max_len)
@@ -189,11 +203,8 @@ def grayscale(rgb: np.ndarray) -> np.ndarray:
 
 
 def _cifar(root, gen: dict, rgb: bool) -> dict:
-    if _fetch_source(gen) == "url":
-        data = read_cifar(fetch(root, "cifar-10-python.tar.gz", CIFAR_URL, gen.get("md5", CIFAR_MD5),
-                                gen.get("download", True)))
-    else:
-        data = read_cifar_datasets(root, gen)
+    data = _hub_or_url(gen, lambda: read_cifar_datasets(root, gen), lambda: read_cifar(
+        fetch(root, "cifar-10-python.tar.gz", CIFAR_URL, gen.get("md5", CIFAR_MD5), gen.get("download", True))))
     conv = (lambda x: x.reshape(len(x), 1024, 3)) if rgb else (lambda x: grayscale(x).reshape(len(x), 1024))
     x, y = data["train"]
     n_val = len(y) // 10                                        # the last 10% of train (45k / 5k)
