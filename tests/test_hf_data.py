@@ -219,3 +219,32 @@ def test_prepare_command_line_reads_a_local_copy(tmp_path, wiki_parquet, capsys)
     out = capsys.readouterr().out
     assert "word tokenizer of" in out and str(pg19.book_dir("wikitext103", tmp_path, 64, "word")) in out
     assert main(["shakespeare", "--root", str(tmp_path), "--tokenizer", "word"]) == 1
+
+
+def test_a_run_killed_while_tokenizing_resumes_from_the_finished_splits(tmp_path, wiki_disk, monkeypatch):
+    from vqformer.data import hf_tokens
+
+    reference = _tokens(_prepare(tmp_path / "ref", wiki_disk), "test")[0]
+    real_write, real_encode, log = hf_tokens._write_split, hf_tokens._encode, tmp_path / "encoded.txt"
+
+    def failing_write(mapped, tokens_path, *args):
+        if tokens_path.name == "validation.bin":
+            raise KeyboardInterrupt("killed while writing validation")
+        return real_write(mapped, tokens_path, *args)
+
+    def counting_encode(batch, **kw):   # datasets may run it in a worker process: record the rows in a file
+        with open(log, "a") as f:
+            f.write("".join(repr(t) + "\n" for t in batch["text"]))
+        return real_encode(batch, **kw)
+
+    monkeypatch.setattr(hf_tokens, "_write_split", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path / "run", wiki_disk)
+    out = pg19.book_dir("wikitext103", tmp_path / "run", 64, "word")
+    assert not (out / "meta.json").exists() and list(out.rglob(".map-*/validation*.arrow"))
+    monkeypatch.setattr(hf_tokens, "_write_split", real_write)
+    monkeypatch.setattr(hf_tokens, "_encode", counting_encode)
+    _prepare(tmp_path / "run", wiki_disk)
+    encoded = log.read_text().splitlines()
+    assert encoded == [repr(t) for t in WIKI["test"]], "train and validation come from the killed run's map output"
+    assert np.array_equal(_tokens(out, "test")[0], reference)

@@ -20,7 +20,7 @@ def test_non_tty_prints_one_line_per_few_percent():
     assert 100 // LOG_PERCENT <= len(lines) <= 100 // LOG_PERCENT + 2, lines
     assert "\r" not in out.getvalue()
     assert lines[0].startswith("items:   0%") and lines[-1].startswith("items: 100%")
-    assert f"{n}/{n}" in lines[-1]
+    assert f"{n}/{n}" in lines[-1] and sum("100%" in line for line in lines) == 1   # no repeated closing line
     percents = [int(line.split("%")[0].split()[-1]) for line in lines]
     assert percents == sorted(percents) and all(b - a <= LOG_PERCENT + 1 for a, b in zip(percents, percents[1:]))
 

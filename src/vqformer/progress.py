@@ -26,11 +26,14 @@ class _Lines:
 
     def __init__(self, stream):
         self.stream = stream
+        self.last = None
 
     def write(self, s: str) -> None:
         s = s.replace("\r", "").replace("\x1b[A", "").strip("\n")
-        if s.strip():
+        count = s.split(" [")[0]   # "desc: 40%|####| 4/10": tqdm's closing redraw repeats the last count
+        if s.strip() and count != self.last:
             self.stream.write(s + "\n")
+            self.last = count
 
     def flush(self) -> None:
         self.stream.flush()
