@@ -153,6 +153,15 @@ def test_pg19_from_datasets_equals_the_bucket_path(tmp_path, monkeypatch):
     for split in pg19.SPLITS:
         keys = ("n_books", "n_tokens", "n_bytes", "n_words", "n_unk", "sha256")
         assert {k: ma[split][k] for k in keys} == {k: mb[split][k] for k in keys}
+    # source=hub offline (no cache): the bucket copy is the fallback, and nothing is tokenized again.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty_cache"))
+    mtime = (bucket / "train.bin").stat().st_mtime_ns
+    assert pg19.prepare_pg19(tmp_path / "bucket", vocab_size=64, source="hub", verify=True) == bucket
+    assert (bucket / "train.bin").stat().st_mtime_ns == mtime
+    # Neither the hub nor the bucket: one message with both reasons.
+    with pytest.raises(DataUnavailableError, match="(?s)PG-19 \\(hub id deepmind/pg19\\).*bucket, failed too.*gsutil"):
+        pg19.prepare_pg19(tmp_path / "nothing", vocab_size=64, source="hub", allow_download=False)
 
 
 _OFFLINE = """

@@ -248,7 +248,9 @@ def test_offline_hub_copy_names_the_dataset_hub_id_and_local_copy(tmp_path, monk
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty_cache"))
     with pytest.raises(DataUnavailableError) as err:
-        sources.build("text", tmp_path, "release", 16, {"source": "hub"})
+        sources.build("text", tmp_path, "release", 16, {"source": "hub", "download": False})
     message = str(err.value)
     assert message.startswith("IMDb (hub id stanfordnlp/imdb)") and "save_to_disk" in message
+    assert "data.generator.source=local data.generator.local_path=" in message
+    assert "The fallback, the publisher's archive, failed too" in message and "aclImdb_v1.tar.gz" in message
     assert str(tmp_path / "empty_cache") in message and str(tmp_path / "imdb" / "hf_local") in message

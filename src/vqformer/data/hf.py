@@ -42,11 +42,13 @@ def _config_args(hub_id: str, hub_config: str | None) -> str:
     return repr(hub_id) + (f", {hub_config!r}" if hub_config else "")
 
 
-def local_copy_help(dataset: str, hub_id: str, hub_config: str | None, local_path: str | os.PathLike) -> str:
-    """How to place a local copy of a hub dataset at `local_path` (the tail of every DataUnavailableError here)."""
+def local_copy_help(dataset: str, hub_id: str, hub_config: str | None, local_path: str | os.PathLike,
+                    keys: str = "data.") -> str:
+    """How to place a local copy of a hub dataset at `local_path` (the tail of every DataUnavailableError here);
+    `keys` is where the config holds `source` and `local_path` (`data.`, or `data.generator.` for LRA)."""
     args = _config_args(hub_id, hub_config)
-    return (f"To use it offline, place a local copy at {local_path} and run with data.source=local "
-            f"data.local_path={local_path}: on a machine with network, run\n"
+    return (f"To use it offline, place a local copy at {local_path} and run with {keys}source=local "
+            f"{keys}local_path={local_path}: on a machine with network, run\n"
             f"    python -c \"import datasets; datasets.load_dataset({args}).save_to_disk('{local_path}')\"\n"
             f"and copy that folder here, or download the hub repository's parquet files "
             f"(https://huggingface.co/datasets/{hub_id}{'/tree/main/' + hub_config if hub_config else ''}) into "
@@ -85,12 +87,13 @@ def _load_local(path: Path, splits: tuple[str, ...], cache: Path):
 
 def load_splits(dataset: str, root: str | os.PathLike, hub_id: str, hub_config: str | None = None,
                 source: str = "hub", local_path: str | os.PathLike | None = None,
-                splits: tuple[str, ...] = ("train", "validation", "test"), revision: str | None = None):
+                splits: tuple[str, ...] = ("train", "validation", "test"), revision: str | None = None,
+                keys: str = "data."):
     """`DatasetDict` of `splits` of `dataset`, from the hub through the HF cache or from `local_path`."""
     if source not in SOURCES:
-        raise ValueError(f"data.source={source!r} is not a datasets source here; choose one of {list(SOURCES)}")
+        raise ValueError(f"{keys}source={source!r} is not a datasets source here; choose one of {list(SOURCES)}")
     if source == "local" and not local_path:
-        raise ValueError(f"data.source=local needs data.local_path (a save_to_disk folder or parquet files of {dataset})")
+        raise ValueError(f"{keys}source=local needs {keys}local_path (a save_to_disk folder or parquet files of {dataset})")
     local = Path(os.path.abspath(local_path or default_local_path(dataset, root)))
     cache = cache_dir(root)
     try:
@@ -108,5 +111,5 @@ def load_splits(dataset: str, root: str | os.PathLike, hub_id: str, hub_config: 
         reason = " ".join(str(e).split())[:300]
         raise DataUnavailableError(f"{dataset} (hub id {hub_id}{', config ' + hub_config if hub_config else ''}) "
                                    f"could not be loaded from the {where}: {type(e).__name__}: {reason}\n"
-                                   + local_copy_help(dataset, hub_id, hub_config, local)) from e
+                                   + local_copy_help(dataset, hub_id, hub_config, local, keys)) from e
     return datasets.DatasetDict({s: dsd[s] for s in splits})

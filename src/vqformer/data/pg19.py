@@ -298,8 +298,8 @@ def prepare_pg19(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train
                  hub_id: str = PG19_HUB_ID, local_path: str | os.PathLike | None = None, num_proc: int = 1,
                  hub_revision: str | None = None) -> Path:
     """PG-19 tokenized into `book_dir(...)`, from `source`: `hub` (the `datasets` copy `hub_id`, falling back to
-    the bucket when it cannot be loaded and downloads are allowed), `local` (a `datasets` copy at `local_path`),
-    or `bucket` (the official bucket, fetched under `<root>/pg19/raw/`)."""
+    the bucket when it cannot be loaded), `local` (a `datasets` copy at `local_path`), or `bucket` (the official
+    bucket under `<root>/pg19/raw/`, downloaded only if `allow_download`)."""
     _check_vocab(vocab_size, train_chars)
     if source not in PG19_SOURCES:
         raise ValueError(f"data.source={source!r}: choose one of {list(PG19_SOURCES)}")
@@ -308,7 +308,7 @@ def prepare_pg19(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train
             return _prepare_pg19_datasets(root, vocab_size, train_chars, verify, source, hub_id, local_path,
                                           num_proc, hub_revision)
         except DataUnavailableError as e:
-            if source == "local" or not allow_download:
+            if source == "local":
                 raise
             hub_error = e
         try:

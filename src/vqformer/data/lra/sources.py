@@ -106,7 +106,7 @@ def _fetch_source(gen: dict) -> str:
 def _hub(name: str, root, gen: dict, hub_id: str):
     """The train and test splits of a `datasets` copy (hub or local), per generator.source / hub_id / local_path."""
     return hf.load_splits(name, root, gen.get("hub_id") or hub_id, None, _fetch_source(gen), gen.get("local_path"),
-                          ("train", "test"))
+                          ("train", "test"), keys="data.generator.")
 
 
 def read_imdb_datasets(root, gen: dict) -> dict[str, tuple[list[bytes], list[int]]]:
