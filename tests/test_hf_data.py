@@ -257,3 +257,13 @@ def test_a_run_killed_while_tokenizing_resumes_from_the_finished_splits(tmp_path
     encoded = log.read_text().splitlines()
     assert encoded == [repr(t) for t in WIKI["test"]], "train and validation come from the killed run's map output"
     assert np.array_equal(_tokens(out, "test")[0], reference)
+
+
+def test_word_tokenizer_keeps_specials_first_in_process_and_saved(tmp_path):
+    from vqformer.data.tokenizer import save_tokenizer, train_word_tokenizer
+
+    tok = train_word_tokenizer(WIKI["train"], vocab_size=6)   # the specials and the 3 most frequent words
+    saved = load_tokenizer(save_tokenizer(tok, tmp_path / "t.json"))
+    for t in (tok, saved):
+        assert t.get_vocab_size() == 6 and [t.token_to_id(p) for p in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
+        assert t.encode("the <unk> zebra =").ids == [t.token_to_id("the"), UNK, UNK, t.token_to_id("=")]

@@ -136,7 +136,7 @@ def prepare_from_datasets(out_dir: Path, dsd, source: dict, text_column: str, li
     splits = {}
     for split in SPLITS:
         ds = dsd[split]
-        mapped = ds.map(_encode, batched=True, batch_size=64 if not lines else 1000, num_proc=num_proc or None,
+        mapped = ds.map(_encode, batched=True, batch_size=64 if not lines else 1000, num_proc=num_proc if num_proc > 1 else None,
                         remove_columns=ds.column_names, desc=f"tokenize {split}",
                         fn_kwargs={"tok": tok, "text_column": text_column, "lines": lines},
                         cache_file_name=str(work / f"{split}.arrow"),

@@ -91,8 +91,13 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int, n_chars: int = T
     # The trainer gives a word spelled like a special piece (WikiText's own "<unk>") a second id: renumber so
     # that the specials come first, then the words in the trainer's (frequency) order.
     words = [w for w, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if w not in SPECIAL_TOKENS]
+    # A fresh tokenizer: the trained one keeps its special pieces bound to their old ids.
     vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *words][:vocab_size])}
-    tok.model = models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK])
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    for i, piece in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(piece) == i and tok.encode(piece).ids == [i], (piece, tok.encode(piece).ids)
     return tok
 
 
