@@ -3,7 +3,14 @@
 import io
 import time
 
+import pytest
+
 from vqformer.progress import LOG_PERCENT, progress
+
+
+@pytest.fixture(autouse=True)
+def _progress_on(monkeypatch):
+    monkeypatch.delenv("VQFORMER_PROGRESS", raising=False)
 
 
 class _Tty(io.StringIO):
