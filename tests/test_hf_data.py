@@ -253,6 +253,9 @@ def test_a_run_killed_while_tokenizing_resumes_from_the_finished_splits(tmp_path
         _prepare(tmp_path / "run", wiki_disk)
     out = pg19.book_dir("wikitext103", tmp_path / "run", 64, "word")
     assert not (out / "meta.json").exists() and list(out.rglob(".map-*/validation*.arrow"))
+    # The map output is stored at the token file's width (uint16 here), not as int64.
+    train_map = datasets.Dataset.from_file(str(next(out.rglob(".map-*/train*.arrow"))))
+    assert train_map.features["ids"].feature.dtype == "uint16"
     monkeypatch.setattr(hf_tokens, "_write_split", real_write)
     monkeypatch.setattr(hf_tokens, "_encode", counting_encode)
     _prepare(tmp_path / "run", wiki_disk)

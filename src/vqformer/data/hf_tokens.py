@@ -39,7 +39,7 @@ META_NAME = "meta.json"
 META_VERSION = 2   # 1 = the bucket layout of pg19.py (token files next to meta.json)
 BOOK_COLUMNS = ("start", "n_tokens", "n_bytes", "n_words", "n_unk")
 SPLITS = ("train", "validation", "test")
-_WRITE_BATCH = 2048
+_ROWS = {True: 2048, False: 16}   # rows per map / write batch: lines (WikiText) or whole books (PG-19, ~100k tokens each)
 
 
 def tokens_dir(out_dir: Path, tokenizer_sha256: str) -> Path:
@@ -85,7 +85,7 @@ def _tokenizer(out_dir: Path, train_ds, text_column: str, train: Callable, param
     return tok
 
 
-def _write_split(mapped, tokens_path: Path, books_path: Path, dtype, desc: str) -> dict:
+def _write_split(mapped, tokens_path: Path, books_path: Path, dtype, desc: str, batch_rows: int) -> dict:
     """Stream the `ids` column into `tokens_path`, and per-document sums of the stats into `books_path`."""
     import pyarrow.compute as pc
 
@@ -93,7 +93,7 @@ def _write_split(mapped, tokens_path: Path, books_path: Path, dtype, desc: str) 
     sha = hashlib.sha256()
     bar = progress(total=len(mapped), desc=desc, unit="row")
     with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
-        for table in mapped.with_format("arrow").iter(batch_size=_WRITE_BATCH):
+        for table in mapped.with_format("arrow").iter(batch_size=batch_rows):
             data = pc.list_flatten(table["ids"]).to_numpy().astype(dtype).tobytes()
             f.write(data)
             sha.update(data)
@@ -132,17 +132,23 @@ def prepare_from_datasets(out_dir: Path, dsd, source: dict, text_column: str, li
     tdir = tokens_dir(out_dir, tok_sha)
     work = tdir / f".map-{hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]}"
     work.mkdir(parents=True, exist_ok=True)
+    import datasets
+
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
+    # Typed columns keep the map output at the token file's width (uint16 for BPE: 4 GB for PG-19's train, not 16).
+    features = datasets.Features({"ids": datasets.Sequence(datasets.Value(np.dtype(dtype).name)),
+                                  **{c: datasets.Value("int64") for c in ("n_bytes", "n_words", "n_unk")},
+                                  "doc_start": datasets.Value("bool")})
     splits = {}
     for split in SPLITS:
         ds = dsd[split]
-        mapped = ds.map(_encode, batched=True, batch_size=64 if not lines else 1000, num_proc=num_proc if num_proc > 1 else None,
-                        remove_columns=ds.column_names, desc=f"tokenize {split}",
+        mapped = ds.map(_encode, batched=True, batch_size=_ROWS[lines], num_proc=num_proc if num_proc > 1 else None,
+                        remove_columns=ds.column_names, features=features, desc=f"tokenize {split}",
                         fn_kwargs={"tok": tok, "text_column": text_column, "lines": lines},
                         cache_file_name=str(work / f"{split}.arrow"),
                         new_fingerprint=f"{work.name[5:]}-{tok_sha[:16]}-{split}")
         splits[split] = _write_split(mapped, tdir / f"{split}.bin", tdir / f"{split}.books.npy", dtype,
-                                     f"write {split} tokens")
+                                     f"write {split} tokens", _ROWS[lines])
         del mapped
     shutil.rmtree(work, ignore_errors=True)
     meta = {"version": META_VERSION, "source": source, "dtype": np.dtype(dtype).name,
