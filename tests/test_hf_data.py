@@ -232,36 +232,33 @@ def test_prepare_command_line_reads_a_local_copy(tmp_path, wiki_parquet, capsys)
     assert main(["shakespeare", "--root", str(tmp_path), "--tokenizer", "word"]) == 1
 
 
-def test_a_run_killed_while_tokenizing_resumes_from_the_finished_splits(tmp_path, wiki_disk, monkeypatch):
+def test_a_run_killed_while_tokenizing_resumes_from_the_finished_shards(tmp_path, wiki_disk, monkeypatch):
     from vqformer.data import hf_tokens
 
     reference = _tokens(_prepare(tmp_path / "ref", wiki_disk), "test")[0]
-    real_write, real_encode, log = hf_tokens._write_split, hf_tokens._encode, tmp_path / "encoded.txt"
-
-    def failing_write(mapped, tokens_path, *args):
-        if tokens_path.name == "validation.bin":
-            raise KeyboardInterrupt("killed while writing validation")
-        return real_write(mapped, tokens_path, *args)
+    real_encode, log = hf_tokens._encode, tmp_path / "encoded.txt"
 
     def counting_encode(batch, **kw):   # datasets may run it in a worker process: record the rows in a file
+        if any("Epsilon" in t for t in batch["text"]) and not (tmp_path / "resumed").exists():
+            raise KeyboardInterrupt("killed while tokenizing the third shard of test")
         with open(log, "a") as f:
             f.write("".join(repr(t) + "\n" for t in batch["text"]))
         return real_encode(batch, **kw)
 
-    monkeypatch.setattr(hf_tokens, "_write_split", failing_write)
+    monkeypatch.setattr(hf_tokens, "_encode", counting_encode)
     with pytest.raises(KeyboardInterrupt):
         _prepare(tmp_path / "run", wiki_disk)
     out = pg19.book_dir("wikitext103", tmp_path / "run", 64, "word")
-    assert not (out / "meta.json").exists() and list(out.rglob(".map-*/validation*.arrow"))
+    assert not (out / "meta.json").exists() and len(list(out.rglob(".map-*/test-*.arrow"))) == 2
     # The map output is stored at the token file's width (uint16 here), not as int64.
-    train_map = datasets.Dataset.from_file(str(next(out.rglob(".map-*/train*.arrow"))))
+    train_map = datasets.Dataset.from_file(str(next(out.rglob(".map-*/train-*.arrow"))))
     assert train_map.features["ids"].feature.dtype == "uint16"
-    monkeypatch.setattr(hf_tokens, "_write_split", real_write)
-    monkeypatch.setattr(hf_tokens, "_encode", counting_encode)
+    (tmp_path / "resumed").touch()
+    log.unlink()
     _prepare(tmp_path / "run", wiki_disk)
     encoded = log.read_text().splitlines()
-    assert encoded == [repr(t) for t in WIKI["test"]], "train and validation come from the killed run's map output"
-    assert np.array_equal(_tokens(out, "test")[0], reference)
+    assert encoded == [repr(t) for t in WIKI["test"][2:]], "every shard mapped before the kill is reused"
+    assert np.array_equal(_tokens(out, "test")[0], reference) and not list(out.rglob(".map-*"))
 
 
 def test_word_tokenizer_keeps_specials_first_in_process_and_saved(tmp_path):

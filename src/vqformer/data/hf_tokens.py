@@ -9,9 +9,9 @@ Layout, under the corpus folder `<root>/<name>_<tokenizer><vocab_size>/` (pg19.b
   tokenizer can never be read with this one;
 * `meta.json`, written last, with the sha256 of every file (files.check_prepared; docs/data_integrity.md).
 
-Tokenization is `Dataset.map` (batched, `num_proc` processes), with its Arrow output under
-`tokens-<sha>/.map-<source hash>/`, keyed by the same hashes (a killed run reuses finished splits); the ids are then streamed
-into `<split>.bin` and the map output deleted.
+Tokenization is `Dataset.map` (batched, `num_proc` processes) over 20 contiguous shards of each split, its Arrow
+output under `tokens-<sha>/.map-<source hash>/`, keyed by the same hashes (a killed run reuses every finished
+shard); the ids are then streamed into `<split>.bin` and the map output deleted.
 
 Two document schemes: `books` (one row = one document, followed by EOS: PG-19) and `lines` (one row = one line,
 each followed by EOS as fairseq does for WikiText-103; documents are articles, which start at a level-1
@@ -39,6 +39,7 @@ META_NAME = "meta.json"
 META_VERSION = 2   # 1 = the bucket layout of pg19.py (token files next to meta.json)
 BOOK_COLUMNS = ("start", "n_tokens", "n_bytes", "n_words", "n_unk")
 SPLITS = ("train", "validation", "test")
+MAP_SHARDS = 20   # one progress line per 5 % of a split
 _ROWS = {True: 2048, False: 16}   # rows per map / write batch: lines (WikiText) or whole books (PG-19, ~100k tokens each)
 
 
@@ -142,14 +143,30 @@ def prepare_from_datasets(out_dir: Path, dsd, source: dict, text_column: str, li
     splits = {}
     for split in SPLITS:
         ds = dsd[split]
-        mapped = ds.map(_encode, batched=True, batch_size=_ROWS[lines], num_proc=num_proc if num_proc > 1 else None,
-                        remove_columns=ds.column_names, features=features, desc=f"tokenize {split}",
-                        fn_kwargs={"tok": tok, "text_column": text_column, "lines": lines},
-                        cache_file_name=str(work / f"{split}.arrow"),
-                        new_fingerprint=f"{work.name[5:]}-{tok_sha[:16]}-{split}")
+        # Mapped in MAP_SHARDS contiguous pieces, each cached on its own: progress in our one style (datasets' own bar
+        # would redraw every 0.1 s in a log file), and a killed run keeps every finished piece.
+        n_shards = max(1, min(MAP_SHARDS, len(ds)))
+        bar = progress(total=len(ds), desc=f"tokenize {split}", unit="row")
+        parts, bars_were_on = [], datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            for i in range(n_shards):
+                shard = ds.shard(n_shards, i, contiguous=True)
+                parts.append(shard.map(
+                    _encode, batched=True, batch_size=_ROWS[lines], num_proc=num_proc if num_proc > 1 else None,
+                    remove_columns=ds.column_names, features=features,
+                    fn_kwargs={"tok": tok, "text_column": text_column, "lines": lines},
+                    cache_file_name=str(work / f"{split}-{i:03d}.arrow"),
+                    new_fingerprint=f"{work.name[5:]}-{tok_sha[:16]}-{split}-{i}-of-{n_shards}"))
+                bar.update(len(shard))
+        finally:
+            bar.close()
+            if bars_were_on:
+                datasets.enable_progress_bars()
+        mapped = datasets.concatenate_datasets(parts)
         splits[split] = _write_split(mapped, tdir / f"{split}.bin", tdir / f"{split}.books.npy", dtype,
                                      f"write {split} tokens", _ROWS[lines])
-        del mapped
+        del mapped, parts
     shutil.rmtree(work, ignore_errors=True)
     meta = {"version": META_VERSION, "source": source, "dtype": np.dtype(dtype).name,
             "format": ("token ids, each " + ("line" if lines else "document") + " followed by EOS (id 1); "
