@@ -183,3 +183,74 @@ def test_generated_image_standin_is_learnable_by_class():
     x, y = sources.gratings(200, 0)
     assert x.shape == (200, 1024) and set(np.unique(y)) == set(range(10))
     assert np.array_equal(sources.gratings(200, 0)[0], x)
+
+
+# ---------------------------------------------------------------- IMDb and CIFAR-10 through `datasets`
+
+
+def test_imdb_and_cifar_from_datasets_copies_match_the_archives(tmp_path):
+    """The same reviews and images as a `datasets` copy (save_to_disk / parquet) and as the publishers' archives
+    give the same LRA arrays, and the data module caches the hub copy under its own key."""
+    import datasets
+    from PIL import Image
+
+    reviews = {"train": [("great film", 1), ("dull", 0), ("fine" * 5, 1)], "test": [("ok", 1), ("bad é", 0)]}
+    raw = tmp_path / "lra" / "raw"
+    raw.mkdir(parents=True)
+    with tarfile.open(raw / "aclImdb_v1.tar.gz", "w:gz") as tar:
+        for split, rows in reviews.items():
+            for i, (text, label) in enumerate(rows):
+                add(tar, f"aclImdb/{split}/{'pos' if label else 'neg'}/{i}_1.txt", text.encode())
+    imdb = tmp_path / "imdb_copy"
+    datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": [t for t, _ in r], "label": [y for _, y in r]})
+                          for s, r in reviews.items()}).save_to_disk(imdb)
+    gen_url = {"md5": md5_file(raw / "aclImdb_v1.tar.gz"), "download": False}
+    gen_hf = {"source": "local", "local_path": str(imdb)}
+    a, b = (sources.build("text", tmp_path, "release", 8, g) for g in (gen_url, gen_hf))
+    for s in ("train", "val", "test"):   # the archive is read sorted by path: compare as sets of rows
+        rows = [sorted(zip(map(bytes, d[s]["inputs"].astype(np.uint8)), d[s]["lengths"], d[s]["labels"]))
+                for d in (a, b)]
+        assert rows[0] == rows[1]
+    assert b["test"]["lengths"].tolist() == [2, 6]   # "bad é": é is two UTF-8 bytes
+
+    rng = np.random.default_rng(0)
+    batches = {name: (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 4))
+               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    with tarfile.open(raw / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, (x, y) in batches.items():
+            d = {b"data": x.transpose(0, 3, 1, 2).reshape(4, 3072), b"labels": y.tolist()}
+            add(tar, f"cifar-10-batches-py/{name}", pickle.dumps(d))
+    folder = tmp_path / "cifar_copy" / "plain_text"
+    folder.mkdir(parents=True)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        x = np.concatenate([batches[n][0] for n in names])
+        y = np.concatenate([batches[n][1] for n in names])
+        ds = datasets.Dataset.from_dict({"img": [Image.fromarray(im) for im in x], "label": y.tolist()}, features)
+        ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    gen_url = {"md5": md5_file(raw / "cifar-10-python.tar.gz"), "download": False}
+    gen_hf = {"source": "local", "local_path": str(tmp_path / "cifar_copy")}
+    for task in ("image", "scifar"):
+        a, b = (sources.build(task, tmp_path, "release", 1024, g) for g in (gen_url, gen_hf))
+        for s in ("train", "val", "test"):
+            assert all(np.array_equal(a[s][k], b[s][k]) for k in ("inputs", "lengths", "labels"))
+    dm = LRADataModule(task="image", root=str(tmp_path), batch_size=2, source="release", generator=gen_hf)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.dataset("train")) == 18 and dm.cache_dir.name.startswith("image-release-")
+    with pytest.raises(ValueError, match="generator.source"):
+        sources.build("image", tmp_path, "release", 1024, {"source": "ftp"})
+
+
+def test_offline_hub_copy_names_the_dataset_hub_id_and_local_copy(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(DataUnavailableError) as err:
+        sources.build("text", tmp_path, "release", 16, {"source": "hub", "download": False})
+    message = str(err.value)
+    assert message.startswith("IMDb (hub id stanfordnlp/imdb)") and "save_to_disk" in message
+    assert "data.generator.source=local data.generator.local_path=" in message
+    assert "The fallback, the publisher's archive, failed too" in message and "aclImdb_v1.tar.gz" in message
+    assert str(tmp_path / "empty_cache") in message and str(tmp_path / "imdb" / "hf_local") in message

@@ -21,6 +21,7 @@ module reports bits per byte and word-level perplexity.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -30,12 +31,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .lm_datamodule import ByteLMDataModule, _example, _LazyMemmap, _positive_int
-from .pg19 import BOOK_COLUMNS, BOOK_CORPORA, book_dir, count_words, prepared_books
+from .pg19 import BOOK_COLUMNS, BOOK_CORPORA, META_NAME, book_dir, count_words, prepared_books
 from .tokenizer import DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, load_tokenizer
 
 __all__ = ["BookEvalDataset", "BookLMDataModule", "pad_collate"]
 
 _COL = {c: i for i, c in enumerate(BOOK_COLUMNS)}
+_DATASETS_KNOBS = {"pg19": {"source", "hub_id", "hub_revision", "local_path", "num_proc"},
+                   "wikitext103": {"source", "hub_id", "hub_config", "hub_revision", "local_path", "num_proc", "tokenizer"},
+                   "wikitext103_shakespeare": {"num_proc", "tokenizer"}}
 
 
 def pad_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -54,8 +58,9 @@ class BookEvalDataset(Dataset):
     def __init__(self, out_dir: str | os.PathLike, split: str, dtype, segment_len: int | None,
                  pad_multiple: int, limit_tokens: int | None = None):
         out_dir = Path(out_dir)
-        self.tokens = _LazyMemmap(out_dir / f"{split}.bin", dtype)
-        table = np.load(out_dir / f"{split}.books.npy")
+        info = json.loads((out_dir / META_NAME).read_text())["splits"][split]
+        self.tokens = _LazyMemmap(out_dir / info["file"], dtype)
+        table = np.load(out_dir / info["books_file"])
         pieces, left = [], limit_tokens
         for row in table:
             n = int(row[_COL["n_tokens"]]) if left is None else min(int(row[_COL["n_tokens"]]), left)
@@ -100,7 +105,8 @@ class BookEvalDataset(Dataset):
 
 
 class BookLMDataModule(ByteLMDataModule):
-    """PG-19 (`name: pg19`) or the Shakespeare stand-in (`name: shakespeare`), BPE-tokenized."""
+    """PG-19 (`name: pg19`), its Shakespeare stand-in (`name: shakespeare`), BPE-tokenized, or WikiText-103
+    (`name: wikitext103`, word-level by default; documents are articles)."""
 
     token_offset = 0   # the files hold token ids
 
@@ -119,13 +125,31 @@ class BookLMDataModule(ByteLMDataModule):
         eval_sequence_len: int | None = None,
         allow_download: bool = True,
         n_bytes: int | None = None,
+        tokenizer: str = "bpe",
+        source: str | None = None,
+        hub_id: str | None = None,
+        hub_config: str | None = None,
+        hub_revision: str | None = None,
+        local_path: str | None = None,
+        num_proc: int = 1,
     ):
         super().__init__(name, root, sequence_len, batch_size, eval_batch_size, num_workers, seed, n_bytes,
                          limit_eval_bytes, eval_sequence_len)
         _positive_int("vocab_size", vocab_size, minimum=4)
         _positive_int("tokenizer_chars", tokenizer_chars)
         self._vocab_size, self.allow_download = int(vocab_size), bool(allow_download)
+        _positive_int("num_proc", num_proc)
+        self.tokenizer = tokenizer
         self._corpus_kw = {"vocab_size": self._vocab_size, "train_chars": int(tokenizer_chars)}
+        # The datasets knobs (docs/data.md §7) each corpus takes; unset (null) ones keep the corpus's defaults.
+        hf_kw = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_revision": hub_revision,
+                 "local_path": local_path, "num_proc": int(num_proc), "tokenizer": tokenizer}
+        takes = _DATASETS_KNOBS.get(name, set())
+        for key, value in hf_kw.items():
+            if key not in takes and key != "num_proc" and value not in (None, "bpe"):
+                raise ValueError(f"data.{key}={value!r} does not apply to data.name={name!r}; it takes "
+                                 f"{sorted(takes) or 'none of the datasets knobs'} (docs/data.md §7)")
+        self._corpus_kw.update({k: v for k, v in hf_kw.items() if k in takes and v is not None})
         self.token_dtype = np.uint16 if self._vocab_size <= 1 << 16 else np.int32
         self.eval_sequence_len = eval_sequence_len   # None: whole books
         self._meta: dict | None = None
@@ -144,13 +168,13 @@ class BookLMDataModule(ByteLMDataModule):
 
     @property
     def out_dir(self) -> Path:
-        return book_dir(self.name, self.root, self._vocab_size)
+        return book_dir(self.name, self.root, self._vocab_size, self.tokenizer)
 
     def _prepare(self) -> None:
         BOOK_CORPORA[self.name](self.root, allow_download=self.allow_download, verify=True, **self._corpus_kw)
 
     def _prepared_paths(self) -> dict[str, Path]:
-        self._meta = prepared_books(self.name, self.root, self._vocab_size)
+        self._meta = prepared_books(self.name, self.root, self._vocab_size, self.tokenizer)
         return {s: self.out_dir / info["file"] for s, info in self._meta["splits"].items()}
 
     def split_stats(self, split: str) -> dict[str, int]:

@@ -20,6 +20,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..progress import progress
+
 __all__ = [
     "DataIntegrityError",
     "DataIntegrityWarning",
@@ -53,11 +55,17 @@ class DataIntegrityWarning(UserWarning):
     """Prepared data did not match its manifest and is prepared again from its source."""
 
 
+_PROGRESS_BYTES = 1 << 30   # hashing files this large takes seconds to minutes (the PG-19 and ImageNet64 splits)
+
+
 def _hash_file(path: str | os.PathLike, algo: str) -> str:
     h = hashlib.new(algo)
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, progress(total=size, desc=f"{algo} {Path(path).name}", unit="B",
+                                         disable=size < _PROGRESS_BYTES or None) as bar:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+            bar.update(len(chunk))
     return h.hexdigest()
 
 
@@ -235,6 +243,7 @@ def download(
     md5: str | None = None,
     sha256: str | None = None,
     timeout: float = 60.0,
+    show_progress: bool = True,
 ) -> Path:
     """Fetch `url` to `dest`, resuming a previous partial download in `dest.part`.
 
@@ -262,9 +271,14 @@ def download(
             else:
                 # The server ignored the Range header: start over.
                 mode = "wb"
-            with open(part, mode) as f:
+            length = resp.headers.get("Content-Length")
+            done = offset if mode == "ab" else 0
+            total = done + int(length) if length and length.isdigit() else None
+            bar = progress(total=total, initial=done, desc=dest.name, unit="B", disable=not show_progress or None)
+            with open(part, mode) as f, bar:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
+                    bar.update(len(chunk))
                 # On disk before the rename below, or a crash could leave a complete-looking name over lost data.
                 f.flush()
                 os.fsync(f.fileno())

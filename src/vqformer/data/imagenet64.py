@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import progress
 from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
                     split_entries)
 from .lm_datamodule import ByteLMDataModule, _positive_int
@@ -86,8 +87,10 @@ def _write_splits(out_dir: Path, splits: dict[str, Iterable[np.ndarray]], source
     info = {}
     for split, path in _paths(out_dir).items():
         sha, n = hashlib.sha256(), 0
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f, \
+                progress(desc=f"{out_dir.name} {split}", unit="img") as bar:
             for chunk in splits[split]:
+                bar.update(len(chunk))
                 assert chunk.dtype == np.uint8 and chunk.shape[1:] == (image_tokens(resolution),), chunk.shape
                 data = np.ascontiguousarray(chunk).tobytes()
                 f.write(data)

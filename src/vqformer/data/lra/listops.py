@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...progress import progress
 from ..files import atomic_path, atomic_write_bytes, check_prepared, sha256_file, split_entries
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -83,14 +84,18 @@ def generate(seed: int = 0, n_train: int = 96_000, n_val: int = 2_000, n_test: i
     rng, need = random.Random(seed), n_train + n_val + n_test
     kept: dict = {}
     tries, max_tries = 0, max_tries or 10_000 * need + 1_000_000
+    bar = progress(total=need, desc="ListOps trees", unit="tree")
     while len(kept) < need:
         tries += 1
         if tries > max_tries:
+            bar.close()
             raise RuntimeError(f"ListOps generator: only {len(kept)} of {need} unique trees with {min_len} < length "
                                f"< {max_len} after {max_tries} draws; widen the length range")
         tree, length = generate_tree(rng, 1, max_depth, max_args)
         if min_len < length < max_len and tree not in kept:
             kept[tree] = None
+            bar.update(1)
+    bar.close()
     rows = []
     for tree in kept:
         src = to_string(tree)

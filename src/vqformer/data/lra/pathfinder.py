@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...progress import progress
 from ..files import DataUnavailableError
 
 
@@ -248,7 +249,9 @@ def generate_image(params: PathfinderParams, seed: int, index: int) -> tuple[np.
 
 
 def generate(params: PathfinderParams, n: int, seed: int = 0, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    imgs, labels = zip(*(generate_image(params, seed, i) for i in range(start, start + n)))
+    # About 6 hours for the LRA's 200,000 images of Path-X on one core (docs/longvq.md §4.3): show how far it is.
+    indices = progress(range(start, start + n), desc=f"pathfinder{params.window_size} images", unit="img")
+    imgs, labels = zip(*(generate_image(params, seed, i) for i in indices))
     return np.stack(imgs).reshape(n, -1), np.asarray(labels, np.int64)
 
 

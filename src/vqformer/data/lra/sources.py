@@ -2,8 +2,15 @@
 image stand-in (Fashion-MNIST from Debian's ``dataset-fashion-mnist``, else generated gratings).
 
 Spec: ``docs/longvq.md`` §4.1–4.2 and §4.4; ``docs/data.md`` §3–4 (URLs, checksums, the Debian
-path). Raw files live under ``<root>/lra/raw/``; IMDb and CIFAR-10 are downloaded there when missing (checked by
-md5, resumable), the 8 GB LRA release is not: every missing file raises ``DataUnavailableError`` saying what to
+path). IMDb and CIFAR-10 come from one of three places, ``generator.source`` (docs/data.md §7):
+
+* ``hub``: the `datasets` copies ``stanfordnlp/imdb`` and ``uoft-cs/cifar10`` (``generator.hub_id``), through the HF
+  cache (``data.hf``), falling back to the archives (``url``) when they cannot be loaded;
+* ``local``: a `datasets` copy (``save_to_disk`` folder or parquet files) at ``generator.local_path``;
+* ``url`` (the default when unset): the publishers' archives under ``<root>/lra/raw/``, downloaded when missing
+  (checked by md5, resumable).
+
+The 8 GB LRA release is never downloaded: every missing file raises ``DataUnavailableError`` saying what to
 download and where to put it.
 """
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import hf
 from ..files import DataUnavailableError, download, verify_file
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -22,6 +30,9 @@ IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 LRA_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+IMDB_HUB_ID = "stanfordnlp/imdb"
+CIFAR_HUB_ID = "uoft-cs/cifar10"
+FETCH_SOURCES = ("hub", "local", "url")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 BYTE_OFFSET = 3                     # 0 pad, 1 eos, 2 unk, byte b -> b + 3 (as the byte LM data)
 
@@ -85,9 +96,56 @@ def read_imdb(path: Path) -> dict[str, tuple[list[bytes], list[int]]]:
     return data
 
 
+def _fetch_source(gen: dict) -> str:
+    source = gen.get("source", "url")
+    if source not in FETCH_SOURCES:
+        raise ValueError(f"data.generator.source={source!r}: choose one of {list(FETCH_SOURCES)}")
+    return source
+
+
+def _hub(name: str, root, gen: dict, hub_id: str):
+    """The train and test splits of a `datasets` copy (hub or local), per generator.source / hub_id / local_path."""
+    return hf.load_splits(name, root, gen.get("hub_id") or hub_id, None, _fetch_source(gen), gen.get("local_path"),
+                          ("train", "test"), keys="data.generator.")
+
+
+def read_imdb_datasets(root, gen: dict) -> dict[str, tuple[list[bytes], list[int]]]:
+    """IMDb's reviews as UTF-8 bytes and labels (1 = positive) from its `datasets` copy."""
+    dsd = _hub("IMDb", root, gen, IMDB_HUB_ID)
+    return {s: ([t.encode("utf-8") for t in dsd[s]["text"]], [int(y) for y in dsd[s]["label"]]) for s in dsd}
+
+
+def read_cifar_datasets(root, gen: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10 from its `datasets` copy: {"train": (uint8 [N, 32, 32, 3], labels), "test": ...}, in its row order."""
+    dsd = _hub("CIFAR-10", root, gen, CIFAR_HUB_ID)
+    out = {}
+    for split, ds in dsd.items():
+        image = "img" if "img" in ds.column_names else "image"
+        x = np.stack([np.asarray(im.convert("RGB"), np.uint8) for im in ds[image]])
+        out[split] = (x, np.asarray(ds["label"], np.int64))
+    return out
+
+
+def _hub_or_url(gen: dict, from_hub, from_url):
+    """`from_hub()` for source hub / local; `from_url()` for url, and as the fallback when the hub copy fails."""
+    source = _fetch_source(gen)
+    if source == "url":
+        return from_url()
+    try:
+        return from_hub()
+    except DataUnavailableError as hub_error:
+        if source == "local":
+            raise
+        try:
+            return from_url()
+        except DataUnavailableError as e:
+            raise DataUnavailableError(f"{hub_error}\nThe fallback, the publisher's archive, failed too:\n{e}") from e
+
+
 def _text(root, max_len: int, gen: dict) -> dict:
-    path = fetch(root, "aclImdb_v1.tar.gz", IMDB_URL, gen.get("md5", IMDB_MD5), gen.get("download", True))
-    data, out = read_imdb(path), {}
+    data = _hub_or_url(gen, lambda: read_imdb_datasets(root, gen), lambda: read_imdb(
+        fetch(root, "aclImdb_v1.tar.gz", IMDB_URL, gen.get("md5", IMDB_MD5), gen.get("download", True))))
+    out = {}
     for split, src in (("train", "train"), ("val", "test"), ("test", "test")):   # LRA: test doubles as val
         x, n = encode_bytes(data[src][0], max_len)
         out[split] = {"inputs": x, "lengths": n, "labels": np.asarray(data[src][1], np.int64)}
@@ -145,8 +203,8 @@ def grayscale(rgb: np.ndarray) -> np.ndarray:
 
 
 def _cifar(root, gen: dict, rgb: bool) -> dict:
-    path = fetch(root, "cifar-10-python.tar.gz", CIFAR_URL, gen.get("md5", CIFAR_MD5), gen.get("download", True))
-    data = read_cifar(path)
+    data = _hub_or_url(gen, lambda: read_cifar_datasets(root, gen), lambda: read_cifar(
+        fetch(root, "cifar-10-python.tar.gz", CIFAR_URL, gen.get("md5", CIFAR_MD5), gen.get("download", True))))
     conv = (lambda x: x.reshape(len(x), 1024, 3)) if rgb else (lambda x: grayscale(x).reshape(len(x), 1024))
     x, y = data["train"]
     n_val = len(y) // 10                                        # the last 10% of train (45k / 5k)
@@ -217,4 +275,4 @@ def build(task: str, root, source: str, max_len: int, gen: dict) -> dict:
 
 
 __all__ = ["build", "encode_bytes", "fashion_mnist", "grayscale", "gratings", "listops_release_dir", "read_aan",
-           "read_cifar", "read_idx", "read_imdb"]
+           "read_cifar", "read_cifar_datasets", "read_idx", "read_imdb", "read_imdb_datasets"]
