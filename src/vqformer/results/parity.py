@@ -129,6 +129,11 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.plot(steps, [run["train"][t] for t in steps], lw=0.8, alpha=0.8, label=f"vqformer seed {run['seed']}")
     for i, ((a, b), v) in enumerate(zip(WINDOWS, OFFICIAL_MEANS)):
         ax.hlines(v, a, b, colors="black", lw=3, label="official window means (quoted)" if i == 0 else None)
+    ours = [_mean(m) for m in zip(*(window_means(run["train"]) for run in runs))]
+    for i, ((a, b), v) in enumerate(zip(WINDOWS, ours)):
+        if v is not None:
+            ax.hlines(v, a, b, colors="red", lw=2, linestyles="--",
+                      label=f"vqformer window means ({len(runs)} seeds)" if i == 0 else None)
     ax.plot([VAL_AFTER], [OFFICIAL_VAL], "k*", ms=10, label=f"official validation CE (quoted) {OFFICIAL_VAL}")
     vals = [run["val"][VAL_AFTER] for run in runs if VAL_AFTER in run["val"]]
     if vals:
