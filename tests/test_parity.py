@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from test_configs import make_cfg
 from test_train import tiny_cfg
 from vqformer.data import bytes_corpus as bc
+from vqformer.data.files import DataIntegrityWarning
 from vqformer.lit.runner import DONE, train
 from vqformer.optim import schedule_end, warmup_cosine
 from vqformer.results import parity
@@ -30,6 +32,17 @@ def test_parity_corpus_is_the_first_megabyte_of_wiki_sample_split_900k_50k_50k(t
     assert meta["source"]["prefix_sha256"] == bc.PARITY_WIKI1M_SHA256
     assert {s: meta["splits"][s]["sha256"] for s in bc.SPLITS} == {
         s: hashlib.sha256(p).hexdigest() for s, p in zip(bc.SPLITS, parts)}
+
+
+def test_parity_corpus_with_a_flipped_byte_is_prepared_again_from_the_wheel(tmp_path):
+    paths = bc.prepare("parity_wiki1m", tmp_path)
+    good = paths["validation"].read_bytes()
+    st = paths["validation"].stat()
+    paths["validation"].write_bytes(good[:7] + bytes([good[7] ^ 0x20]) + good[8:])
+    os.utime(paths["validation"], ns=(st.st_atime_ns, st.st_mtime_ns))   # size and mtime kept
+    with pytest.warns(DataIntegrityWarning, match="validation.bin"):
+        bc.prepare("parity_wiki1m", tmp_path, verify=True)
+    assert paths["validation"].read_bytes() == good
 
 
 def test_experiment_is_the_official_tiny_configuration():
