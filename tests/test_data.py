@@ -92,7 +92,7 @@ def test_prepare_skips_when_prepared_and_verify_repairs(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(ValueError, match=r"data.name: unknown dataset 'x'; choose one of \['enwik8', 'wiki_sample', 'generated'\]"):
+    with pytest.raises(ValueError, match=r"data.name: unknown dataset 'x'; choose one of \['enwik8', 'wiki_sample', 'generated', 'parity_wiki1m', 'byte_file'\]"):
         bc.prepare("x", tmp_path)
 
 

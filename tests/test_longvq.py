@@ -254,7 +254,7 @@ def test_training_updates_the_codebook_from_real_tokens_only():
 @pytest.mark.parametrize("kw, key", [
     ({"n_code": 0}, "model.n_code"), ({"attn_fn": "softmax2"}, "model.attn_fn"),
     ({"window": "ring"}, "model.window"), ({"ssm": "s5"}, "model.ssm"), ({"norm": "group"}, "model.norm"),
-    ({"mem_len": 8}, "model.mem_len"), ({"dropout": 1.0}, "model.dropout"), ({"attn_type": "linear"}, "model.attn_type"),
+    ({"dropout": 1.0}, "model.dropout"), ({"attn_type": "linear"}, "model.attn_type"),
     ({"truncation": 0}, "model.truncation"), ({"embed": "conv"}, "model.embed"), ({"c_gamma": 1.0}, "model.c_gamma"),
 ])
 def test_bad_config_names_the_key(kw, key):

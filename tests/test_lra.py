@@ -170,7 +170,7 @@ def test_classify_runs_end_to_end_and_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("override, key", [
     (["model.n_classes=3"], "model.n_classes"), (["model.vocab_size=4"], "model.vocab_size"),
     (["model.embed=real"], "model.embed"), (["model.attn_fn=cosine"], "model.attn_fn"),
-    (["model.mem_len=64"], "model.mem_len"), (["optim.schedule=step"], "optim.schedule"),
+    (["+model.mem_len=64"], "mem_len"), (["optim.schedule=step"], "optim.schedule"),
     (["model=mega", "model.max_len=128"], "model.max_len"), (["data.task=nope"], "data.task"),
 ])
 def test_bad_classify_config_fails_naming_the_key(tmp_path, override, key):

@@ -151,7 +151,6 @@ def test_layerdrop_masks_are_shared_across_windows_of_one_batch():
     ("n_code", 0, ["n_code"]),
     ("head_type", "foo", ["head_type", "foo", "shga", "mqa", "mha"]),
     ("attn_type", "bar", ["attn_type", "bar", "vq", "full"]),
-    ("mem_len", 8, ["mem_len", "block_len"]),
     ("block_len", 0, ["block_len"]),
     ("p_droplyr", 1.5, ["p_droplyr"]),
     ("n_code", "abc", ["model.n_code='abc'", "int"]),
@@ -169,7 +168,7 @@ def test_invalid_config_names_the_field(field, value, needles):
 def test_valid_configs_are_accepted():
     for h in ("shga", "mqa", "mha"):
         for a in ("vq", "full"):
-            TransformerVQConfig(**{**TINY, "head_type": h, "attn_type": a, "mem_len": TINY["block_len"]})
+            TransformerVQConfig(**{**TINY, "head_type": h, "attn_type": a})
 
 
 @pytest.mark.parametrize("head_type, width", [("shga", None), ("mqa", 5 * 8), ("mha", 4 * 8)])

@@ -10,6 +10,10 @@ Sources (docs/data.md §1):
 * `enwik8`: the official zip from mattmahoney.net, member md5-verified.
 * `wiki_sample`: the offline stand-in, a Wikipedia XML dump shipped in gensim's wheel.
 * `generated`: a small seeded synthetic corpus for tests and smoke runs.
+* `parity_wiki1m`: the first 1,000,000 bytes of wiki_sample, split 900k/50k/50k: the corpus on which the
+  official code's tiny configuration was measured (experiments/parity/README.md).
+* `byte_file`: any local file (`data=byte_file data.path=...`), with its own split fractions; prepared
+  under `<root>/byte_file/<stem>-<sha256 prefix>/` by data/byte_file.py.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "prepare",
     "prepare_enwik8",
     "prepare_generated",
+    "prepare_parity_wiki1m",
     "prepare_wiki_sample",
     "prepared_splits",
     "split_bounds",
@@ -63,6 +68,9 @@ ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"
 WIKI_SAMPLE_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_SAMPLE_SIZE = 6_089_746
 WIKI_SAMPLE_SHA256 = "34c1c63050c87cc8477b9ae36b1cb0edf372612c92938b742e579a7109c20fa4"
+
+PARITY_WIKI1M_BYTES = 1_000_000
+PARITY_WIKI1M_SHA256 = "4ca04da158d5a223278aa69e7865d75fed4e193b7c024feb961082ec95538a4e"
 
 GENERATED_DEFAULT_BYTES = 1_000_000
 GENERATED_MIN_BYTES = 1_000
@@ -97,15 +105,17 @@ def _command(name: str, root: str | os.PathLike, **kw) -> str:
     return command
 
 
-def _write_splits(out_dir: Path, data: bytes, source: dict) -> dict[str, Path]:
-    """Write the three splits, then meta.json last so that it only ever describes complete files."""
+def _write_splits(out_dir: Path, data: bytes, source: dict,
+                 bounds: dict[str, tuple[int, int]] | None = None, **extra) -> dict[str, Path]:
+    """Write the three splits (`bounds`, default `split_bounds`), then meta.json last so that it only ever
+    describes complete files. `extra` adds informational fields to meta.json (not compared on reuse)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stale meta.json must not vouch for split files that are being replaced.
     (out_dir / META_NAME).unlink(missing_ok=True)
     view = memoryview(data)
     paths = _split_paths(out_dir)
     splits = {}
-    for split, (start, end) in split_bounds(len(data)).items():
+    for split, (start, end) in (bounds or split_bounds(len(data))).items():
         chunk = view[start:end]
         atomic_write_bytes(paths[split], chunk)
         splits[split] = {
@@ -121,6 +131,7 @@ def _write_splits(out_dir: Path, data: bytes, source: dict) -> dict[str, Path]:
         "source": source,
         "n_bytes": len(data),
         "splits": splits,
+        **extra,
     }
     atomic_write_bytes(out_dir / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     return paths
@@ -206,16 +217,21 @@ def prepare_wiki_sample(root: str | os.PathLike, verify: bool = False) -> dict[s
     """Prepare the 6 MB Wikipedia XML stand-in for enwik8 under `<root>/wiki_sample/`."""
     out_dir = Path(os.path.abspath(root)) / "wiki_sample"
     source = {"kind": "wiki_sample", "file": "gensim/" + WIKI_SAMPLE_FILE, "sha256": WIKI_SAMPLE_SHA256}
-
-    def locate() -> str | None:
-        try:
-            return str(_gensim_file(WIKI_SAMPLE_FILE))
-        except DataUnavailableError:
-            return None
-
     fix = f"pip install --no-deps gensim==4.4.0 and run again (or `{_command('wiki_sample', root)}`)"
-    if _intact(out_dir, source, verify, locate, fix):
+    if _intact(out_dir, source, verify, _locate_wiki_sample, fix):
         return _split_paths(out_dir)
+    return _write_splits(out_dir, _wiki_sample_bytes(), source)
+
+
+def _locate_wiki_sample() -> str | None:
+    try:
+        return str(_gensim_file(WIKI_SAMPLE_FILE))
+    except DataUnavailableError:
+        return None
+
+
+def _wiki_sample_bytes() -> bytes:
+    """The decompressed wiki_sample XML, checked against its recorded size and sha256."""
     bz2_path = _gensim_file(WIKI_SAMPLE_FILE)
     try:
         data = bz2.decompress(bz2_path.read_bytes())
@@ -228,6 +244,24 @@ def prepare_wiki_sample(root: str | os.PathLike, verify: bool = False) -> dict[s
             f"{WIKI_SAMPLE_SHA256}, got {len(data)} bytes with sha256 {sha}; "
             "reinstall with pip install --force-reinstall --no-deps gensim==4.4.0"
         )
+    return data
+
+
+def prepare_parity_wiki1m(root: str | os.PathLike, verify: bool = False) -> dict[str, Path]:
+    """The first 1,000,000 bytes of wiki_sample under `<root>/parity_wiki1m/`, split 900k/50k/50k.
+
+    Derived offline from the gensim wheel; the prefix is checked against its own sha256 as well.
+    """
+    out_dir = Path(os.path.abspath(root)) / "parity_wiki1m"
+    source = {"kind": "parity_wiki1m", "file": "gensim/" + WIKI_SAMPLE_FILE, "sha256": WIKI_SAMPLE_SHA256,
+              "prefix_bytes": PARITY_WIKI1M_BYTES, "prefix_sha256": PARITY_WIKI1M_SHA256}
+    fix = f"pip install --no-deps gensim==4.4.0 and run again (or `{_command('parity_wiki1m', root)}`)"
+    if _intact(out_dir, source, verify, _locate_wiki_sample, fix):
+        return _split_paths(out_dir)
+    data = _wiki_sample_bytes()[:PARITY_WIKI1M_BYTES]
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != PARITY_WIKI1M_SHA256:   # cannot differ once the whole file matched; guards an edit of the constants
+        raise DataIntegrityError(f"parity_wiki1m: prefix sha256 {sha}, expected {PARITY_WIKI1M_SHA256}")
     return _write_splits(out_dir, data, source)
 
 
@@ -292,10 +326,18 @@ def prepare_generated(
 
 # ---------------------------------------------------------------- registry
 
+def _prepare_byte_file(root: str | os.PathLike, **kw) -> dict[str, Path]:
+    from .byte_file import prepare_byte_file   # imported here: byte_file.py builds on this module
+
+    return prepare_byte_file(root, **kw)
+
+
 CORPORA: dict[str, Callable[..., dict[str, Path]]] = {
     "enwik8": prepare_enwik8,
     "wiki_sample": prepare_wiki_sample,
     "generated": prepare_generated,
+    "parity_wiki1m": prepare_parity_wiki1m,
+    "byte_file": _prepare_byte_file,
 }
 
 

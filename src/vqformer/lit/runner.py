@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import validate
+from ..data.identity import record_data_identity
 from ..provenance import git_commit
 from .atomic import atomic_write_bytes
 from .checkpoint import ModelStamp, config_model_hash
@@ -138,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     lock_cfg = cfg.get("lock") or {}
     lock = RunLock(run_dir, **lock_cfg) if is_rank_zero() else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    record_data_identity(cfg, run_dir)   # refuses a run directory trained on other data; pins data.sha256
     done = run_dir / DONE
     if done.exists():
         metrics = json.loads(done.read_text())
@@ -212,8 +214,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
 
 def evaluate(run_dir: str | Path, split: str = "validation", ckpt: str = "last", eval_sequence_len: int | None = None,
              eval_window: int | None = None, limit_eval_bytes: int | None = None,
-             batch_size: int | None = None) -> dict:
-    """Score a run's checkpoint on a split with the run's own data config (state carried across windows)."""
+             batch_size: int | None = None, data_path: str | None = None, data_split=None) -> dict:
+    """Score a run's checkpoint on a split with the run's own data config (state carried across windows),
+    or on the byte file ``data_path`` cut at ``data_split``."""
     from omegaconf import open_dict
 
     from .checkpoint import load_module, run_config
@@ -221,6 +224,9 @@ def evaluate(run_dir: str | Path, split: str = "validation", ckpt: str = "last",
     if split not in ("validation", "test"):
         raise ValueError(f"split={split!r} is invalid: choose validation or test")
     run = run_config(run_dir)
+    if data_path:   # another byte file, prepared and hashed like the run's own data
+        from ..data.byte_file import byte_file_data
+        run.data = byte_file_data(run.data, data_path, data_split)
     with open_dict(run):
         run.data.limit_eval_bytes = limit_eval_bytes
         if eval_sequence_len:

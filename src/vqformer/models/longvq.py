@@ -8,7 +8,7 @@ Spec: ``docs/longvq.md``
   §1.6     every switch is a config field; validation names ``model.<field>``.
 
 Inputs are right-padded to a multiple of ``block_len`` inside the model (pads masked out), so data lengths
-need not divide it. ``mem_len`` is accepted for the ``block`` config group and must equal ``block_len``.
+need not divide it.
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ class LongVQConfig:
     local_bias: str = "simple"      # simple | none
     n_code: int = 256
     block_len: int = 128            # window / chunk length c
-    mem_len: int | None = None      # the block group writes it; must equal block_len
     max_len: int = 2048             # attn_type=full: longest sequence (size of its bias table)
     c_beta: float = 1e-4
     c_gamma: float = 0.99
@@ -78,8 +77,6 @@ class LongVQConfig:
         for name in ("retrieval", "bidirectional", "grad_thru_cache", "prenorm"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "must be true or false")
-        if self.mem_len is not None and self.mem_len != self.block_len:
-            bad("mem_len", f"must equal block_len={self.block_len} (LongVQ has one window length)")
         if self.truncation is not None and (not isinstance(self.truncation, int) or self.truncation < 1):
             bad("truncation", "must be a positive integer or null")
         if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):

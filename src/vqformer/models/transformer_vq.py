@@ -51,7 +51,6 @@ class TransformerVQConfig:
     head_type: str = "shga"
     n_code: int = 512
     block_len: int = 512
-    mem_len: int | None = None       # band length M; the paper (and this port) require M = L
     agg_cache: bool = True
     grad_thru_cache: bool = True
     c_beta: float = 1e-4
@@ -99,8 +98,6 @@ class TransformerVQConfig:
             bad("kernel", f"choose one of {list(KERNELS)}")
         if self.head_type != "shga" and self.d_model % self.d_k:
             bad("d_k", f"must divide d_model={self.d_model} for head_type={self.head_type}")
-        if self.mem_len is not None and self.mem_len != self.block_len:
-            bad("mem_len", f"must equal block_len={self.block_len} (the band length M = L of the paper)")
         if self.d_ff is not None and self.d_ff < 0:
             bad("d_ff", "must be >= 0 or null (0 and null: the head type's width; shga has no MLP)")
         if self.d_model % 2:

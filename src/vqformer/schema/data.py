@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from .base import fail, nonneg_int, one_of, positive_int
+from .base import ConfigError, fail, nonneg_int, one_of, positive_int
 
 
 @dataclass
@@ -69,6 +69,26 @@ class BytesData(_Common):
         positive_int("data.sequence_len", d.sequence_len)
         positive_int("data.n_bytes", d.n_bytes, optional=True)
         positive_int("data.eval_sequence_len", d.eval_sequence_len, optional=True)
+
+
+@dataclass
+class ByteFileData(BytesData):
+    _target_: str = "vqformer.data.byte_file.ByteFileDataModule"
+    name: str = "byte_file"                     # byte_file
+    path: Optional[str] = None                  # the file to train on; required
+    split: List[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])   # train / validation / test fractions, each >= 0, sum 1
+    sha256: Optional[str] = None                # pins the file's content (64 hex digits); null: filled in at run start
+
+    def validate(self, d) -> None:
+        super().validate(d)
+        from ..data.byte_file import split_fractions
+        if not d.path:
+            raise ConfigError("data.path is required for data=byte_file: the file to train on "
+                              "(data=byte_file data.path=/some/file)")
+        try:
+            split_fractions(d.split)
+        except ValueError as e:
+            fail("data.split", list(d.split), str(e).split(": ", 1)[-1])
 
 
 @dataclass
@@ -188,7 +208,7 @@ class MQARData(_Common):
                     positive_int(f"data.{key}[{i}].{f}", s[f])
 
 
-KINDS = {"bytes": BytesData, "images": ImageData, "books": BooksData, "lra": LRAData, "mqar": MQARData}
+KINDS = {"bytes": BytesData, "byte_file": ByteFileData, "images": ImageData, "books": BooksData, "lra": LRAData, "mqar": MQARData}
 
 
 def kind_of(d) -> Optional[_Common]:
