@@ -127,8 +127,8 @@ def test_a_failing_arm_is_recorded_and_the_run_goes_on(tmp_path):
     assert cfg.bench.skip_errors is True
     result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
     st = {(r["arm"], r["T"]): r["status"] for r in result["points"]}
-    assert st["vq", 64].startswith("failed: ValueError: kernel: block_len=48 must divide T=64")
-    assert st["vq_flex", 64].startswith("failed: ValueError")
+    assert st["vq", 64].startswith("failed: ConfigError: model.block_len=48 must divide T=64")
+    assert st["vq_flex", 64].startswith("failed: ConfigError")
     assert st["vq", 128].startswith("skipped: failed at T=64")
     assert st["sdpa", 128] == "ok" and st["quadratic", 64] == "ok"
     with pytest.raises(ValueError, match="must divide"):
