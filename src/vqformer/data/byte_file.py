@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .bytes_corpus import META_NAME, SPLITS, _intact, _split_paths, _write_splits
+from .bytes_corpus import META_NAME, _intact, _split_paths, _write_splits
 from .files import DataIntegrityError, DataUnavailableError, sha256_file
 from .lm_datamodule import ByteLMDataModule
 

@@ -9,7 +9,6 @@ and logs ``<stage>/acc`` (mean over segments), ``<stage>/loss`` and ``<stage>/ac
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, _positive_int, check_distributed, model_config

@@ -32,7 +32,6 @@ from ..provenance import git_commit
 from .atomic import atomic_write_bytes
 from .checkpoint import ModelStamp, config_model_hash
 from .checkpoint_io import AtomicCheckpointIO, check_writable, resume_path
-from .csv_log import CompleteCSVLogger
 from .guard import Diverged
 from .lock import RunLock
 from .preemption import Preempted, Preemption

@@ -145,7 +145,7 @@ SMALL = ["model.d_model=32", "model.d_k=16", "model.d_v=64", "model.n_layer=1", 
 
 
 def test_damaged_train_bin_without_its_source_stops_the_run_before_training(tmp_path, monkeypatch, capsys):
-    from test_configs import make_cfg
+    from conftest import make_cfg
     from vqformer.lit.runner import DONE, train
 
     _, zip_path = _fake_enwik8(tmp_path, monkeypatch)
@@ -185,7 +185,7 @@ def test_damaged_train_bin_without_its_source_stops_the_run_before_training(tmp_
 
 
 def test_zeroed_validation_bin_does_not_change_the_reported_bpb(tmp_path):
-    from test_train import tiny_cfg
+    from conftest import tiny_cfg
     from vqformer.lit.runner import evaluate, train
 
     cfg = tiny_cfg(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=100", "ckpt_every=4")

@@ -16,7 +16,7 @@ from vqformer.benchmark.arms import build_step
 from vqformer.gpu_check import compose, device_slug
 from vqformer.results import throughput
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import datasets
@@ -179,7 +178,7 @@ for f, kw in ((wikitext.prepare_wikitext103, {}), (pg19.prepare_pg19, {"source":
 
 def test_offline_hub_fails_with_one_message_naming_hub_id_and_local_copy(tmp_path):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "empty"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     run = subprocess.run([sys.executable, "-c", _OFFLINE, str(tmp_path / "root")], env=env, capture_output=True,
                          text=True, timeout=300)
     messages = [m.split(">>")[0] for m in run.stdout.split("<<")[1:]]
@@ -204,7 +203,7 @@ def test_config_files_compose_into_the_data_module(tmp_path, wiki_disk):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         hub = compose("train", overrides=["data=wikitext103"])

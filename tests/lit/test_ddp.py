@@ -19,7 +19,7 @@ import torch
 
 from test_lra import TINY as LRA_TINY
 from test_recall import TINY as RECALL_TINY
-from test_train import REPO, TINY
+from conftest import REPO, TINY
 from vqformer.lit.runner import DONE
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"

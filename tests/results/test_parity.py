@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_configs import make_cfg
-from test_train import tiny_cfg
+from conftest import make_cfg
+from conftest import tiny_cfg
 from vqformer.data import bytes_corpus as bc
 from vqformer.data.files import DataIntegrityWarning
 from vqformer.lit.runner import DONE, train

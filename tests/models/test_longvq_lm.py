@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_configs import make_cfg
+from conftest import make_cfg
 from vqformer.config import ConfigError, validate_train
 from vqformer.lit.lm_module import LMModule
 from vqformer.lit.runner import DONE, evaluate, train

@@ -19,12 +19,13 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from test_configs import CONF, SWEEP_SIZES, make_cfg
+from conftest import CONF, make_cfg
+from test_configs import SWEEP_SIZES
 from vqformer.config import ConfigError, run_dir, validate
 from vqformer.schema import check_known_keys
 from vqformer.schema.rules import check_block_len
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NO_CUDA = not torch.cuda.is_available()
 
 # (overrides, words the message must contain: the key and the value)

@@ -97,7 +97,7 @@ def test_a_rerun_in_logs_replaces_its_archived_run(tmp_path):
     assert "| vq | 2 | 200 | 1.5000" in (out / "tables.md").read_text()
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -236,7 +236,7 @@ def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):
     import sys
     import types
 
-    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "compare_runs.ipynb").read_text())
+    nb = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "compare_runs.ipynb").read_text())
     for seed in (0, 1):
         fake_run(tmp_path / "experiments" / "mini" / "runs", "tvq/mini_codebook", n_code=16, seed=seed, bpb=2.2)
     (tmp_path / "conf").mkdir()

@@ -267,7 +267,7 @@ TINY = ["data=pg19_shakespeare", f"data.vocab_size={VOCAB}", "model.d_model=32",
 
 
 def test_experiment_pg19_runs_on_the_stand_in(root, tmp_path):
-    from test_configs import make_cfg
+    from conftest import make_cfg
     from vqformer.lit.runner import evaluate, train
 
     cfg = make_cfg("experiment=tvq/pg19", *TINY, f"paths.data_dir={root}", f"paths.log_dir={tmp_path / 'logs'}")
@@ -288,7 +288,7 @@ def test_experiment_pg19_runs_on_the_stand_in(root, tmp_path):
 
 
 def test_model_vocabulary_must_cover_the_tokenizer(tmp_path):
-    from test_configs import make_cfg
+    from conftest import make_cfg
     from vqformer.config import ConfigError
     from vqformer.lit.tasks import task_class
 

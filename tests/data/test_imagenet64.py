@@ -167,7 +167,7 @@ TINY = ["data=imagenet64_generated", f"data.resolution={RES}", f"sequence_len={S
 
 
 def test_experiment_imagenet64_runs_and_samples_a_png(tmp_path, single_thread):
-    from test_configs import make_cfg
+    from conftest import make_cfg
     from vqformer.lit.checkpoint import load_module
     from vqformer.lit.runner import evaluate, train
     from vqformer.sample_images import image_grid, sample_images, write_png
@@ -218,7 +218,7 @@ def test_sampled_pixels_follow_the_model_distribution(single_thread):
 
 
 def test_image_sequence_length_is_checked_by_the_config():
-    from test_configs import make_cfg
+    from conftest import make_cfg
     from vqformer.config import ConfigError
     from vqformer.lit.tasks import task_class
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_configs import make_cfg
-from test_train import TINY, Crash, read_metrics, tiny_cfg
+from conftest import make_cfg
+from conftest import TINY, Crash, read_metrics, tiny_cfg
 from vqformer.lit.atomic import atomic_write_bytes, remove_stale_temporaries
 from vqformer.lit.checkpoint import HASH_KEY, CheckpointMismatch, config_model_hash, load_module
 from vqformer.lit.checkpoint_io import AtomicCheckpointIO, CheckpointError, non_finite_tensors
@@ -31,7 +31,7 @@ from vqformer.lit.guard import Diverged
 from vqformer.lit.lock import LOCK_FILE, RunLock, RunLocked
 from vqformer.lit.runner import DONE, evaluate, paste_command, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
 # 8 batches of 2 updates; a checkpoint every 2 batches, a validation every 4 batches, a row every batch.
 RUN = ["trainer.max_steps=16", "ckpt_every=4", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1"]
@@ -71,7 +71,8 @@ class KillAt(L.Callback):
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{TESTS}", **extra}
+    path = os.pathsep.join(str(p) for p in (REPO / "src", TESTS, REPO / "tests"))   # + conftest for test_lifecycle
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": path, **extra}
 
 
 def cli(tmp_path: Path, *args: str, run_dir: Path | None = None) -> list[str]:
@@ -170,9 +171,9 @@ def test_sigkill_after_a_header_without_validation_fields_loses_no_row(tmp_path,
     """The killed attempt wrote metrics.csv with training fields only (its first validation is at batch 3);
     the rerun adds the validation fields, replaces the rows after the checkpoint and keeps the others."""
     run = tmp_path / "run"
-    script = (f"import sys; sys.path[:0] = [{str(TESTS)!r}]\n"
+    script = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO / 'tests')!r}]\n"
               "from pathlib import Path\n"
-              "from test_lifecycle import KillAt, RUN\nfrom test_train import tiny_cfg\n"
+              "from test_lifecycle import KillAt, RUN\nfrom conftest import tiny_cfg\n"
               "from vqformer.lit.runner import train\n"
               f"train(tiny_cfg(Path({str(tmp_path)!r}), *RUN), Path({str(run)!r}), extra_callbacks=[KillAt(3)])\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env(OMP_NUM_THREADS="1"),

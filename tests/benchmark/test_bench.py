@@ -21,7 +21,7 @@ from vqformer.benchmark.runner import resolve_device
 from vqformer.results import throughput
 from vqformer.results.throughput import ratios, targets
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY_LAYER = "{d_model: 32, d_k: 16, d_v: 64, n_code: 16, block_len: 16, vocab_size: 259}"
 TINY_MODEL = "{d_model: 32, d_k: 16, d_v: 64, n_layer: 1, n_code: 16, block_len: 16, vocab_size: 259}"
 TINY = ["bench.kernel.lengths.min=64", "bench.kernel.lengths.max=128", "bench.kernel.n_code=16",

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import Tensor
 
-from test_train import read_metrics, tiny_cfg
+from conftest import read_metrics, tiny_cfg
 from vqformer.config import ConfigError, model_config
 from vqformer.lit.checkpoint import load_module
 from vqformer.lit.runner import DONE, train

@@ -17,10 +17,10 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: conftest.py
 torch.set_num_threads(1)
 
-from test_configs import make_cfg  # noqa: E402
+from conftest import make_cfg  # noqa: E402
 from vqformer.lit import lm_module, metrics  # noqa: E402
 from vqformer.nn.quantizer import VectorQuantizer  # noqa: E402
 

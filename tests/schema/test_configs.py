@@ -3,19 +3,14 @@ the expected number of jobs, and impossible configs fail with a message naming t
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from conftest import CONF, make_cfg
 from vqformer.config import ConfigError, run_dir, validate
-from vqformer.lit.tasks import task_class
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                      for p in (CONF / "experiment").rglob("*.yaml"))
 # Jobs each sweep file must expand to (the grid of its table); experiments not listed are single runs.
@@ -25,14 +20,6 @@ SWEEP_SIZES = {
     "longvq/mini_lm_compare": 6, "tvq/parity_official_tiny": 3, "recall/mqar_L64_D4": 14, "recall/mqar_L256_D16": 14, "recall/ovq_ablations": 6,
     **{f"longvq/baselines_{t}": 3 for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar")},
 }
-
-
-def make_cfg(*overrides: str, config_name: str = "train"):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def test_experiments_exist():

@@ -23,7 +23,7 @@ def test_each_arm_appends_one_line(tmp_path):
 
 
 def test_runs_as_a_module_and_writes_under_logs(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     proc = subprocess.run([sys.executable, "-m", "vqformer.benchmark.lra_4k", "--arm", "mega_chunk", *SMALL],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

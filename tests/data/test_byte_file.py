@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from test_configs import make_cfg
-from test_train import REPO, TINY, Crash
+from conftest import make_cfg
+from conftest import REPO, TINY, Crash
 from vqformer.data.byte_file import (ByteFileDataModule, byte_file_data, byte_file_dir, fraction_bounds,
                                      prepare_byte_file, split_fractions)
 from vqformer.data.files import DataIntegrityError, DataIntegrityWarning, DataUnavailableError

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from test_configs import make_cfg
+from conftest import make_cfg
 from vqformer.config import ConfigError
 from vqformer.lit.recall_module import RecallModule
 from vqformer.lit.runner import DONE, train

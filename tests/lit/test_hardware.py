@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_configs import make_cfg
-from test_train import REPO, TINY, tiny_cfg
+from conftest import make_cfg
+from conftest import REPO, TINY, tiny_cfg
 from vqformer.config import ConfigError
 from vqformer.lit.runner import DONE, train
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_configs import make_cfg
+from conftest import make_cfg
 from vqformer.config import ConfigError
 from vqformer.data.lra import listops
 from vqformer.data.lra.datamodule import LRADataModule
