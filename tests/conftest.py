@@ -25,6 +25,18 @@ TINY = ["data=generated", "data.n_bytes=60000", "data.batch_size=4", "data.eval_
         "codebook=s16", "block=l16", "sequence_len=64", "update_len=32", "eval_window=32", "optim.lr=3e-3",
         "optim.warmup_steps=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
+# The throughput benchmark at tiny sizes (``python -m vqformer.bench`` overrides).
+_BENCH_LAYER = "{d_model: 32, d_k: 16, d_v: 64, n_code: 16, block_len: 16, vocab_size: 259}"
+_BENCH_MODEL = "{d_model: 32, d_k: 16, d_v: 64, n_layer: 1, n_code: 16, block_len: 16, vocab_size: 259}"
+BENCH_TINY = ["bench.kernel.lengths.min=64", "bench.kernel.lengths.max=128", "bench.kernel.n_code=16",
+        "bench.kernel.block_len=16", "bench.kernel.d_k=16", "bench.kernel.d_v=16",
+        "bench.layer.lengths.min=64", "bench.layer.lengths.max=128", f"bench.layer.model={_BENCH_LAYER}",
+        "bench.model.configs.small.lengths.min=64", "bench.model.configs.small.lengths.max=128",
+        "bench.model.configs.small.lengths.factor=2", f"bench.model.configs.small.model={_BENCH_MODEL}",
+        "bench.warmup=0", "bench.repeats=1", "bench.memory=none", "bench.matmul_n=128",
+        "bench.profile.T=64", "bench.profile.steps=1"]
+
+
 
 def make_cfg(*overrides: str, config_name: str = "train"):
     """The config ``python -m vqformer.train <overrides>`` composes (with its Hydra node)."""

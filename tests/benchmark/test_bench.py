@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import BENCH_TINY
 from vqformer.benchmark import run
 from vqformer.benchmark.arms import build_step, predicted_memory
 from vqformer.benchmark.grid import (attention_flops, extrapolate, flop_ratio, length_grid, plan_point,
@@ -22,16 +23,6 @@ from vqformer.results import throughput
 from vqformer.results.throughput import ratios, targets
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-TINY_LAYER = "{d_model: 32, d_k: 16, d_v: 64, n_code: 16, block_len: 16, vocab_size: 259}"
-TINY_MODEL = "{d_model: 32, d_k: 16, d_v: 64, n_layer: 1, n_code: 16, block_len: 16, vocab_size: 259}"
-TINY = ["bench.kernel.lengths.min=64", "bench.kernel.lengths.max=128", "bench.kernel.n_code=16",
-        "bench.kernel.block_len=16", "bench.kernel.d_k=16", "bench.kernel.d_v=16",
-        "bench.layer.lengths.min=64", "bench.layer.lengths.max=128", f"bench.layer.model={TINY_LAYER}",
-        "bench.model.configs.small.lengths.min=64", "bench.model.configs.small.lengths.max=128",
-        "bench.model.configs.small.lengths.factor=2", f"bench.model.configs.small.model={TINY_MODEL}",
-        "bench.warmup=0", "bench.repeats=1", "bench.memory=none", "bench.matmul_n=128",
-        "bench.profile.T=64", "bench.profile.steps=1"]
-
 
 def bench_cfg(*overrides: str):
     GlobalHydra.instance().clear()
@@ -171,7 +162,7 @@ def test_bench_configs_compose(name):
 
 def test_tiny_run_writes_every_output(tmp_path):
     # a memory budget that the quadratic arm's analytic guard exceeds at T=128 (327 KiB > ~210 KiB)
-    cfg = bench_cfg(*TINY, "bench.mem_budget_gb=0.0002", f"out_dir={tmp_path}")
+    cfg = bench_cfg(*BENCH_TINY, "bench.mem_budget_gb=0.0002", f"out_dir={tmp_path}")
     result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
     assert {p.name for p in tmp_path.iterdir()} == {"points.csv", "results.json", "profile_vq_kernel_T64.txt"}
     throughput.write(result, tmp_path)      # what python -m vqformer.bench does next

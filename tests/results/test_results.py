@@ -231,31 +231,6 @@ def test_wandb_project_gives_the_same_tables_as_the_local_runs(tmp_path, monkeyp
         main(["--no-local"])
 
 
-def test_notebook_code_runs_on_local_runs(tmp_path, monkeypatch):
-    """The notebook's cells execute (IPython display stubbed) against a tiny local archive."""
-    import sys
-    import types
-
-    nb = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "compare_runs.ipynb").read_text())
-    for seed in (0, 1):
-        fake_run(tmp_path / "experiments" / "mini" / "runs", "tvq/mini_codebook", n_code=16, seed=seed, bpb=2.2)
-    (tmp_path / "conf").mkdir()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    shown = []
-    display = types.ModuleType("IPython.display")
-    display.Markdown, display.display = str, shown.append
-    ipython = types.ModuleType("IPython")
-    ipython.version_info, ipython.get_ipython = (8, 0), lambda: None   # matplotlib asks it for a shell
-    monkeypatch.setitem(sys.modules, "IPython", ipython)
-    monkeypatch.setitem(sys.modules, "IPython.display", display)
-    scope: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), scope)
-    assert len(scope["records"]) == 2 and any("| 16 | 2 |" in s for s in shown)
-
-
 def test_lra_curve_and_paper_reference(tmp_path):
     run = tmp_path / "run"
     (run / "csv" / "version_0").mkdir(parents=True)
@@ -295,7 +270,7 @@ def test_lra_bag_of_tokens_baseline_writes_its_json(tmp_path, monkeypatch):
 def test_bench_entry_point_writes_record_table_and_plot_under_logs(tmp_path):
     """`make bench` from a checkout: `python -m vqformer.bench` with its default out_dir writes everything under
     logs/bench/<device_tag>/ relative to where it runs, and nothing anywhere else."""
-    from test_bench import TINY
+    from conftest import BENCH_TINY as TINY
 
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, "-m", "vqformer.bench", *TINY], cwd=tmp_path, env=env,
