@@ -177,3 +177,28 @@ def test_the_test_step_scores_every_job_the_sweep_wrote(tmp_path):
     printed = re.findall(r"tvq/enwik8 test bpb (\d+\.\d+) \((.+?)\); paper: 0\.99 bpb", scored.stdout)
     assert sorted(Path(p).resolve() for _, p in printed) == [d.resolve() for d in done], scored.stdout
     assert all(0 < float(b) < 9 for b, _ in printed)
+
+
+def test_data_step_prepares_the_cache_the_training_run_reads(tmp_path, capsys):
+    """`make data-lra TASK=listops` on a tiny generator: the cache is written, hashed, and it is the one the
+    experiment's data module (built as training builds it) finds already prepared."""
+    from vqformer.lit.runner import build_datamodule
+    from vqformer.repro import _compose, main
+
+    overrides = ["experiment=longvq/lra_listops", f"paths.data_dir={tmp_path}", "data.generator.n_train=40",
+                 "data.generator.n_val=8", "data.generator.n_test=8", "data.generator.min_len=20",
+                 "data.generator.max_len=100", "data.max_len=100"]
+    assert main(["data", *overrides]) == 0
+    dm = build_datamodule(_compose(overrides))
+    assert f"ready in {dm.cache_dir}" in capsys.readouterr().out
+    assert sorted(p.name for p in dm.cache_dir.iterdir()) == ["meta.json", "test.npz", "train.npz", "val.npz"]
+    stamps = {p: p.stat().st_mtime_ns for p in dm.cache_dir.iterdir()}
+    dm.prepare_data()   # the training run's call: verifies, writes nothing
+    assert {p: p.stat().st_mtime_ns for p in dm.cache_dir.iterdir()} == stamps
+    for bad in ("data.batch_size=0", "data.batch_size=abc"):   # stops before any data is touched, naming the key
+        kept = [o for o in overrides if not o.startswith("paths.")]
+        assert main(["data", *kept, f"paths.data_dir={tmp_path / 'other'}", bad]) == 1
+        assert "data.batch_size" in capsys.readouterr().err
+        assert not (tmp_path / "other").exists()
+    assert main(["test", "experiment=tvq/nope"]) == 1
+    assert "tvq/nope" in capsys.readouterr().err

@@ -21,7 +21,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from . import CONF_DIR
 from .config import ConfigError, run_dir, validate
@@ -98,11 +100,7 @@ def test(overrides: list[str]) -> int:
 def data(overrides: list[str]) -> int:
     from .lit.runner import build_datamodule
     cfg = _compose(overrides)
-    try:
-        validate(cfg, check_device=False)
-    except ConfigError as e:
-        print(f"[vqformer] config error: {e}", file=sys.stderr)
-        return 1
+    validate(cfg, check_device=False)   # a bad value stops before any data is touched
     module = build_datamodule(cfg)
     module.prepare_data()
     where = getattr(module, "cache_dir", None) or cfg.paths.data_dir
@@ -116,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in steps:
         print(__doc__, file=sys.stderr)
         return 2
-    return steps[argv[0]](argv[1:])
+    try:
+        return steps[argv[0]](argv[1:])
+    except (ConfigError, HydraException, OmegaConfBaseException) as e:   # composition or validation
+        print(f"[vqformer] config error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
