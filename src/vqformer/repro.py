@@ -56,14 +56,14 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices.values())]
 
 
-def job_dirs(overrides: list[str]) -> tuple[list[Path], str]:
-    """Each job's run directory and the hardware choice of the sweep."""
-    dirs, hardware = [], "auto"
+def job_dirs(overrides: list[str]) -> tuple[list[Path], str, str]:
+    """Each job's run directory, the hardware choice and the experiment name of the sweep."""
+    dirs, hardware, name = [], "auto", ""
     for job in sweep_jobs(overrides):
         cfg = _compose(job, hydra_cfg=True)
-        hardware = str(OmegaConf.select(cfg, "hydra.runtime.choices.hardware"))
+        hardware, name = str(OmegaConf.select(cfg, "hydra.runtime.choices.hardware")), str(cfg.name)
         dirs.append(run_dir(cfg, cfg.hydra, multirun=True))
-    return dirs, hardware
+    return dirs, hardware, name
 
 
 def _paper_note(name: str, metrics: dict) -> str:
@@ -75,8 +75,7 @@ def _paper_note(name: str, metrics: dict) -> str:
 
 def test(overrides: list[str]) -> int:
     from .lit.runner import DONE
-    dirs, hardware = job_dirs(overrides)
-    name = str(_compose(sweep_jobs(overrides)[0]).name)
+    dirs, hardware, name = job_dirs(overrides)
     commands = [[sys.executable, "-m", "vqformer.evaluate", f'run_dir="{d}"', "split=test"] for d in dirs]
     if hardware.startswith("slurm"):   # a login node has no GPU: the whole test split wants one
         print(f"[vqformer] hardware={hardware}: score the test split on a GPU node with")
