@@ -9,10 +9,37 @@ ARGS ?=
 # New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
 OUT ?= logs
 
-.PHONY: help install demo test test-full data-enwik8 repro-enwik8 sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs gpu-check
+.PHONY: help install demo test test-full data-enwik8 data-pg19 data-wikitext103 data-imagenet64 data-lra repro-enwik8 repro-enwik8-test repro-quadratic repro-pg19 repro-imagenet64 repro-lra repro-lra-baselines repro-longvq-lm repro-parity sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs gpu-check
+
+# Row groups: `make repro-lra TASK=text`, `make repro-longvq-lm DATA=wikitext103`, `make repro-imagenet64 VARIANT=190m`.
+# A value outside these lists stops make before anything runs, with the list.
+LRA_TASKS := listops text retrieval image pathfinder pathx scifar
+LM_DATA := enwik8 wikitext103
+IMAGENET64_VARIANTS := 190m
+TASK ?=
+DATA ?=
+VARIANT ?=
+one_of = $(and $(filter 1,$(words $(1))),$(filter $(1),$(2)))
+ifneq ($(filter repro-lra repro-lra-baselines data-lra,$(MAKECMDGOALS)),)
+ifeq ($(call one_of,$(TASK),$(LRA_TASKS)),)
+$(error TASK='$(TASK)' is not an LRA task; choose one of: $(LRA_TASKS))
+endif
+endif
+ifneq ($(filter repro-longvq-lm,$(MAKECMDGOALS)),)
+ifeq ($(call one_of,$(DATA),$(LM_DATA)),)
+$(error DATA='$(DATA)' is not a LongVQ language-model corpus; choose one of: $(LM_DATA))
+endif
+endif
+ifneq ($(filter repro-imagenet64,$(MAKECMDGOALS)),)
+ifneq ($(VARIANT),)
+ifeq ($(call one_of,$(VARIANT),$(IMAGENET64_VARIANTS)),)
+$(error VARIANT='$(VARIANT)' is not an ImageNet64 variant; leave it empty (1.2B) or choose one of: $(IMAGENET64_VARIANTS))
+endif
+endif
+endif
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n",$$1,$$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-notebook.txt pyproject.toml
 	$(PY_SYS) -m venv $(VENV)
@@ -37,8 +64,49 @@ test-full: install ## every test, including slow ones
 data-enwik8: install ## download and prepare enwik8 under data/enwik8
 	$(PY) -m vqformer.data.prepare enwik8 --root data
 
-repro-enwik8: install ## the paper's enwik8 run (HARDWARE=slurm_a100x8 sends it to SLURM)
+data-pg19: install ## fetch PG-19 (HF hub, else the bucket) and BPE-tokenize it under data/pg19
+	$(PY) -m vqformer.data.prepare pg19 --root data
+
+data-wikitext103: install ## fetch WikiText-103 (HF hub) and tokenize it by words under data/wikitext103
+	$(PY) -m vqformer.data.prepare wikitext103 --root data
+
+data-imagenet64: install ## convert the ImageNet64 npz zips placed by hand in data/imagenet64/raw
+	$(PY) -m vqformer.data.prepare imagenet64 --root data
+
+data-lra: install ## prepare the data of LRA task TASK=listops|text|retrieval|image|pathfinder|pathx|scifar (download or generate, cache)
+	$(PY) -m vqformer.repro data experiment=longvq/lra_$(TASK) $(ARGS)
+
+# Training targets: one per paper table or row group, each `vqformer.train -m` on one experiment file, so a
+# SLURM hardware choice submits the same jobs and the run directories are those of the pages.
+repro-enwik8: install ## the paper's enwik8 run, then its test bpb (HARDWARE=slurm_a100x8 sends it to SLURM)
 	$(PY) -m vqformer.train -m experiment=tvq/enwik8 hardware=$(HARDWARE) $(ARGS)
+	$(PY) -m vqformer.repro test experiment=tvq/enwik8 hardware=$(HARDWARE) $(ARGS)
+
+repro-enwik8-test: install ## test bpb of the finished repro-enwik8 run (same ARGS as its training)
+	$(PY) -m vqformer.repro test experiment=tvq/enwik8 hardware=$(HARDWARE) $(ARGS)
+
+repro-quadratic: install ## the same-size quadratic-attention baseline on enwik8, then its test bpb
+	$(PY) -m vqformer.train -m experiment=tvq/enwik8_quadratic hardware=$(HARDWARE) $(ARGS)
+	$(PY) -m vqformer.repro test experiment=tvq/enwik8_quadratic hardware=$(HARDWARE) $(ARGS)
+
+repro-pg19: install ## the paper's PG-19 run, 1.3B (data: make data-pg19)
+	$(PY) -m vqformer.train -m experiment=tvq/pg19 hardware=$(HARDWARE) $(ARGS)
+
+repro-imagenet64: install ## the paper's ImageNet64 run, 1.2B; VARIANT=190m for the 190M model (data: make data-imagenet64)
+	$(PY) -m vqformer.train -m experiment=tvq/imagenet64$(VARIANT:%=_%) hardware=$(HARDWARE) $(ARGS)
+
+repro-lra: install ## LongVQ on LRA task TASK=listops|text|retrieval|image|pathfinder|pathx|scifar
+	$(PY) -m vqformer.train -m experiment=longvq/lra_$(TASK) hardware=$(HARDWARE) $(ARGS)
+
+repro-lra-baselines: install ## MEGA, MEGA-chunk and the no-SSM model on LRA task TASK=... (one multirun)
+	$(PY) -m vqformer.train -m experiment=longvq/baselines_$(TASK) hardware=$(HARDWARE) $(ARGS)
+
+repro-longvq-lm: install ## LongVQ as a language model, DATA=enwik8|wikitext103 (MEGA's rows, quantized keys)
+	$(PY) -m vqformer.train -m experiment=longvq/$(DATA) hardware=$(HARDWARE) $(ARGS)
+
+repro-parity: install ## the official code's tiny configuration, seeds 0-2 (CPU, minutes), then the parity table
+	$(PY) -m vqformer.train -m experiment=tvq/parity_official_tiny hardware=$(HARDWARE) $(ARGS)
+	$(PY) -m vqformer.results parity --out $(OUT)/results/parity
 
 sweep-codebook: install ## codebook-size ablation as one multirun (S = 256, 512, 1024)
 	$(PY) -m vqformer.train -m experiment=tvq/ablation_codebook hardware=$(HARDWARE) $(ARGS)
@@ -79,5 +147,5 @@ clean-logs: ## remove logs/ (runs, multiruns, W&B offline files)
 	rm -rf logs
 
 recall: install ## MQAR recall benchmarks and OVQ ablations: train every arm x 2 seeds, tables, plots -> $(OUT)/results/recall
-	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 $(ARGS) && $(PY) -m vqformer.train -m experiment=recall/ovq_ablations $(ARGS)
+	$(PY) -m vqformer.train -m experiment=recall/mqar_L64_D4 hardware=$(HARDWARE) $(ARGS) && $(PY) -m vqformer.train -m experiment=recall/ovq_ablations hardware=$(HARDWARE) $(ARGS)
 	$(PY) -m vqformer.results recall --runs logs/multiruns/recall/mqar_L64_D4 --out $(OUT)/results/recall --lengths 1024:16,4096:16 --passkey 1024,4096,16384,65536 --ovq-n-max 16,256 && $(PY) -m vqformer.results recall --runs logs/multiruns/recall/ovq_ablations --out $(OUT)/results/recall/ablations --lengths 1024:16,4096:16
