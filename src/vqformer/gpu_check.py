@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_TESTS = ["tests/test_vq_flex.py", "tests/test_mixed_precision.py"]
+GPU_TESTS = ["tests/nn/test_vq_flex.py", "tests/nn/test_mixed_precision.py"]
 TEST_TIMEOUT_S = 300          # mostly FlexAttention compiles (forward + backward per shape)
 
 

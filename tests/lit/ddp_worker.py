@@ -1,6 +1,6 @@
-"""One rank of a distributed test run (tests/test_ddp.py starts one process per rank, as torchrun does).
+"""One rank of a distributed test run (tests/lit/test_ddp.py starts one process per rank, as torchrun does).
 
-``python tests/ddp_worker.py OUT MODE RUN_DIR [override ...]`` with RANK / LOCAL_RANK / WORLD_SIZE /
+``python tests/lit/ddp_worker.py OUT MODE RUN_DIR [override ...]`` with RANK / LOCAL_RANK / WORLD_SIZE /
 MASTER_ADDR / MASTER_PORT in the environment (Lightning then joins that process group instead of launching
 its own processes). MODE ``train`` trains with the harness (``vqformer.lit.runner.train``), ``crash@N``
 trains and stops every rank after update N, ``validate`` scores RUN_DIR's last.ckpt, ``grad`` records

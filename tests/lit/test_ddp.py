@@ -1,7 +1,7 @@
 """Distributed training on CPU with 2 real processes (gloo): a 2-rank run is the 1-rank run of the same global
 batch, resumes exactly, and evaluates sharded with the single-process sums; the recall arms train under DDP.
 
-Each rank is a process of tests/ddp_worker.py started with torchrun's environment (RANK, WORLD_SIZE, ...),
+Each rank is a process of tests/lit/ddp_worker.py started with torchrun's environment (RANK, WORLD_SIZE, ...),
 so the test can read what happened inside every rank; one test launches ``hardware=cpu_ddp`` the user's way
 and lets Lightning start the second process.
 """

@@ -12,7 +12,7 @@ Spec: ``docs/transformer_vq.md``
 Optimization is manual because one batch holds several optimizer updates (one per window); the batch's
 micro-batches are accumulated inside each window, so the EMA statistics cover the whole global batch.
 
-Under DDP (docs/cluster.md; tests/test_ddp.py shows a 2-rank run equals a 1-rank run of the same global
+Under DDP (docs/cluster.md; tests/lit/test_ddp.py shows a 2-rank run equals a 1-rank run of the same global
 batch): Lightning prepares DDP's reducer at every ``manual_backward``, so each backward would all-reduce the
 gradients; the micro-batches of a window run under ``no_sync`` but the last, whose backward all-reduces the
 accumulated gradients. (DDP's own forward at the start of ``training_step`` also prepares the reducer, so the

@@ -7,7 +7,7 @@ Adding a mixer: one module here that defines a ``MixerConfig`` dataclass (typed 
 checks in ``validate``) and a ``Mixer`` subclass decorated with ``@register_mixer("<name>")`` (``forward``,
 ``state_bytes``, and ``n_distances`` if it reads relative positions); and one ``conf/model/<arm>.yaml`` that
 selects it (``attn_type: <name>`` or a ``layer_pattern``) and sets its knobs under ``mixer.<name>``. Every
-module of this package is imported below, so nothing else changes. ``tests/test_mixers.py`` does this with a
+module of this package is imported below, so nothing else changes. ``tests/nn/test_mixers.py`` does this with a
 toy mixer defined in the test.
 """
 import importlib
