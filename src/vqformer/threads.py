@@ -1,7 +1,7 @@
 """How many CPU threads torch uses: the physical cores, fewer when the load average says they are busy.
 
 torch's default (every logical CPU) makes a busy machine stall: its OpenMP threads wait on each other while
-other processes hold the cores (`make demo` on a loaded 2-core machine took 5x longer than on an idle one).
+other processes hold the cores (`make demo` took over 20 minutes on a loaded 2-core machine, about 4 idle).
 The choice is printed with its reason; ``threads=N`` on the command line or ``VQFORMER_THREADS=N`` fixes it.
 """
 from __future__ import annotations
