@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from . import CONF_DIR
 from .config import ConfigError, register_resolvers, run_dir, validate
+from .threads import set_threads
 
 register_resolvers()
 
@@ -20,10 +21,15 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     from .lit.preemption import Preempted
-    from .lit.runner import train
+    from .lit.runner import is_rank_zero, train
     try:
         validate(cfg)                  # before any directory exists or any data is touched
     except ConfigError as e:
+        sys.exit(f"[vqformer] config error: {e}")
+    try:   # before any tensor work: torch's default (every logical CPU) stalls on a busy machine
+        cpu_procs = cfg.trainer.devices if cfg.trainer.accelerator == "cpu" and isinstance(cfg.trainer.devices, int) else 1
+        set_threads(cfg.get("threads"), procs=cpu_procs, verbose=is_rank_zero())
+    except ValueError as e:
         sys.exit(f"[vqformer] config error: {e}")
     out = run_dir(cfg, HydraConfig.get())
     out.mkdir(parents=True, exist_ok=True)

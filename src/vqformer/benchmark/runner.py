@@ -20,6 +20,7 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..progress import progress
 from .arms import build_step, predicted_memory
 from .grid import MEM_EXPONENT, TIME_EXPONENT, length_grid, plan_point, predict, refit_repeats
 from .memory import MB, cpu_step_memory, cuda_step_memory, probe_subprocess
@@ -188,11 +189,11 @@ def run_benchmark(cfg: DictConfig, log=print) -> dict:
     if mm:
         log(f"[bench] matmul {b.matmul_n}^3 {mm['dtype']}: {mm['flops_per_s'] / 1e9:.1f} GFLOP/s")
     rows = []
-    for level in ("kernel", "layer", "model"):
-        lcfg = b.get(level)
-        if lcfg is None or not lcfg.get("enabled", True):
-            continue
-        arms = arm_specs(level, lcfg)
+    levels = [(level, arm_specs(level, b[level])) for level in ("kernel", "layer", "model")
+              if b.get(level) is not None and b[level].get("enabled", True)]
+    # points done / total with ETA (skipped points count too: they finish at once)
+    bar = progress(total=sum(len(a["lengths"]) for _, arms in levels for a in arms), desc="bench", unit="point")
+    for level, arms in levels:
         states = {a["arm"]: ArmState() for a in arms}
         for T in sorted({t for a in arms for t in a["lengths"]}):
             for a in arms:
@@ -209,6 +210,8 @@ def run_benchmark(cfg: DictConfig, log=print) -> dict:
                     + (f"  {med:.4g} s/step  {row['tokens_per_s']:.4g} tok/s" if med is not None else "")
                     + (f"  +{row['mem_delta_mb']:.0f} MiB" if row.get("mem_delta_mb") is not None else "")
                     + f"  [{time.perf_counter() - t0:.1f} s]")
+                bar.update(1)
+    bar.close()
     if mm:
         for r in rows:
             if r.get("flops_per_s") and math.isfinite(r["flops_per_s"]):

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from .checkpoint_io import AtomicCheckpointIO, check_writable, resume_path
 from .guard import Diverged
 from .lock import RunLock
 from .preemption import Preempted, Preemption
+from .progress_bar import StepProgressBar
 from .tasks import task_class
+from .wandb_run import flat_config, knob_tags, log_curves, wandb_mode
 
 DONE = "DONE"
 
@@ -73,15 +76,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return instantiate(cfg.data)
 
 
-def _wandb_mode(mode: str) -> str:
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    netrc = Path.home() / ".netrc"
-    has_key = has_key or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-    return "online" if has_key else "offline"
+def duration(seconds: float) -> str:
+    """``4 min 12 s``: how long a run took, as the closing line prints it."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -92,9 +94,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             continue
         kwargs = {"save_dir": str(run_dir)}
         if issubclass(get_class(node._target_), WandbLogger):   # the same run directory resumes the same W&B run
+            flat = flat_config(cfg)   # the compared knobs, top-level, so W&B's table can group by them
+            tags = list(dict.fromkeys(list(node.get("tags") or []) + knob_tags(flat)))
             kwargs.update(id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
-                          name=run_dir.name or cfg.name, mode=_wandb_mode(node.mode),
-                          config=OmegaConf.to_container(cfg, resolve=True))
+                          name=run_dir.name or cfg.name, mode=wandb_mode(node.mode), tags=tags,
+                          config={**OmegaConf.to_container(cfg, resolve=True), **flat})
         # a partial, so that the composed config handed to W&B is not itself instantiated
         loggers.append(instantiate(node, _partial_=True, _convert_="all")(**kwargs))
     return loggers
@@ -146,8 +150,12 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         return metrics
     if lock is not None:
         lock.acquire()   # a second launch stops here, before it writes anything
+    start = time.monotonic()
     try:
-        return _train_locked(cfg, run_dir, ckpt_dir, callbacks + list(extra_callbacks or []))
+        metrics = _train_locked(cfg, run_dir, ckpt_dir, callbacks + list(extra_callbacks or []))
+        if is_rank_zero():
+            print(f"[vqformer] done in {duration(time.monotonic() - start)}", flush=True)
+        return metrics
     finally:
         if lock is not None:
             lock.release()
@@ -203,6 +211,13 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
                 print(f"[vqformer] validation: {shown} after {trainer.global_step} steps")
             print(f"[vqformer] run directory: {run_dir}  (metrics: {run_dir}/csv/version_0/metrics.csv)")
             print(f"[vqformer] evaluate it with: {paste_command('evaluate', run_dir)} split=test")
+            mode = wandb_mode(OmegaConf.select(cfg, "logger.wandb.mode", default="auto"))
+            for lg in loggers:
+                if isinstance(lg, WandbLogger) and mode != "disabled":
+                    try:   # the run is finished and DONE written: a failed plot only costs the image
+                        log_curves(lg, run_dir)
+                    except Exception as e:
+                        print(f"[vqformer] warning: the curves image was not logged to W&B: {e}")
         return metrics
     finally:
         for lg in loggers:
@@ -236,6 +251,6 @@ def evaluate(run_dir: str | Path, split: str = "validation", ckpt: str = "last",
     if eval_window:
         module.eval_window = eval_window
     trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, callbacks=[StepProgressBar()])   # batches with ETA
     run_fn = trainer.validate if split == "validation" else trainer.test
     return {k: float(v) for k, v in run_fn(module, datamodule=build_datamodule(run), verbose=False)[0].items()}

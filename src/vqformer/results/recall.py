@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
+from ..progress import progress
 
 FIELDS = ["experiment", "arm", "d_model", "seed", "source", "L", "D", "acc", "state_bytes", "run"]
 
@@ -62,6 +63,10 @@ def set_ovq_n_max(model, n: int) -> None:
     model.cfg.mixer_config("ovq").n_max = n      # the OVQ units read their knobs from this shared config
 
 
+def _passkey_count(n_examples: int, L: int) -> int:
+    return min(n_examples, max(4, n_examples * 1024 // L))     # fewer needles at 16k-64k (CPU time)
+
+
 def _datasets(cfg, segments, passkeys, n_examples):
     """(source, L, D, inputs, labels) for the MQAR segments L:D and the passkey lengths, seeded by the run."""
     from ..data.mqar import MQARSegment, load_segment
@@ -73,7 +78,7 @@ def _datasets(cfg, segments, passkeys, n_examples):
                             random_non_queries=cfg.data.random_non_queries)
         yield "lengthgen", L, D, x, y
     for i, L in enumerate(passkeys):
-        n = min(n_examples, max(4, n_examples * 1024 // L))     # fewer needles at 16k-64k (CPU time)
+        n = _passkey_count(n_examples, L)
         x, y = passkey(cfg.data.vocab_size, n, L, seed=10_000 + cfg.seed * 100 + i)
         yield "passkey", L, 1, x, y
 
@@ -90,6 +95,11 @@ def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples
     out = []
     window = module.eval_window
     quadratic = "full" in module.model.cfg.layer_types()
+    # tokens to score (minutes to hours at 16k-64k on a CPU): the bar's rate and ETA are in tokens
+    lengths = [(L, n_examples) for L, _ in segments] + [(L, _passkey_count(n_examples, L)) for L in passkeys]
+    bar = progress(total=sum(L * n for L, n in lengths if not (quadratic and L > max_quadratic_len)),
+                   desc=f"recall {run.name}" + (f" @n_max={ovq_n_max}" if ovq_n_max else ""), unit="tok",
+                   unit_scale=True)
     for src, L, D, x, y in _datasets(cfg, segments, passkeys, n_examples):
         if quadratic and L > max_quadratic_len:
             continue
@@ -103,7 +113,9 @@ def evaluate_lengths(run: Path, cfg, segments: list[tuple[int, int]], n_examples
             tgt = torch.where(mask, y[b0:b0 + bs], 0)
             _, correct, count = module.predict_batch(x[b0:b0 + bs], tgt, mask, module.model.empty_state())
             accs += (correct / count).tolist()
+            bar.update(mask.shape[0] * L)
         out.append((src, L, D, sum(accs) / len(accs)))
+    bar.close()
     return out
 
 

@@ -28,6 +28,8 @@ class TrainSchema:
     resume: bool = True                 # continue from <run_dir>/checkpoints/last.ckpt when present
     tags: List[str] = field(default_factory=list)   # W&B tags
     run_name: Optional[str] = None      # run folder under the runs/ (or sweep) directory; null: from the overrides
+    threads: Optional[int] = None       # torch CPU threads per process; null: the physical cores, fewer when the
+                                        # load average says the machine is busy (VQFORMER_THREADS; vqformer/threads.py)
     # groups, each typed by its own option's schema (see conf/README.md)
     data: Any = None                    # schema/data.py (one schema per data-module kind)
     model: Any = None                   # schema/model.py (the model's own config dataclass)
@@ -49,5 +51,6 @@ class TrainSchema:
         for key in ("sequence_len", "update_len", "eval_window", "ckpt_every"):
             positive_int(key, cfg[key])
         positive_int("micro_batch_size", cfg.micro_batch_size, optional=True)
+        positive_int("threads", cfg.get("threads"), optional=True)
         if cfg.run_name is not None and ("/" in cfg.run_name or cfg.run_name in ("", ".", "..")):
             fail("run_name", cfg.run_name, "must be a plain folder name (no '/')")
