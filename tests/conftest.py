@@ -6,6 +6,7 @@ Test modules import the helpers with ``from conftest import ...`` (pytest puts t
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import lightning as L
@@ -67,6 +68,14 @@ class Crash(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step >= self.at:
             raise RuntimeError("simulated preemption")
+
+
+def progress_lines(err: str, desc: str) -> list[tuple[float, float]]:
+    """(done, total) of every line of the bar ``desc`` in a captured stderr (tqdm's "1.54k" read as 1540)."""
+    assert "\r" not in err, "a redraw in a log"
+    def num(v):
+        return float(v[:-1]) * 1000 if v.endswith("k") else float(v)
+    return [(num(a), num(b)) for a, b in re.findall(rf"^{re.escape(desc)}:\s+\d+%.*?\| *([\d.]+k?)/([\d.]+k?) \[", err, re.M)]
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import BENCH_TINY
+from conftest import BENCH_TINY, progress_lines
 from vqformer.benchmark import run
 from vqformer.benchmark.arms import build_step, predicted_memory
 from vqformer.benchmark.grid import (attention_flops, extrapolate, flop_ratio, length_grid, plan_point,
                                      refit_repeats)
 from vqformer.benchmark.memory import cpu_step_memory, probe_subprocess
 from vqformer.benchmark.report import COLUMNS
-from vqformer.benchmark.runner import resolve_device
+from vqformer.benchmark.runner import resolve_device, run_benchmark
 from vqformer.results import throughput
 from vqformer.results.throughput import ratios, targets
 
@@ -188,3 +188,12 @@ def test_tiny_run_writes_every_output(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "## Targets" in table and "VQ/baseline" in table and "skipped: memory" in table
     assert all(t["status"].split(" ")[0] in ("met", "not") for t in data["targets"])
+
+
+def test_benchmark_counts_points_done_of_total(capfd):
+    cfg = bench_cfg(*BENCH_TINY, "bench.layer.enabled=false", "bench.model.enabled=false", "bench.matmul_n=0")
+    result = run_benchmark(cfg, log=lambda *a: None)
+    lines = progress_lines(capfd.readouterr().err, "bench")
+    n = len(result["points"])
+    assert n == 6 and lines[-1] == (n, n), lines          # 3 kernel arms x T in {64, 128}
+    assert [d for d, _ in lines] == sorted(d for d, _ in lines) and all(t == n for _, t in lines)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_cfg
+from conftest import make_cfg, progress_lines
 from vqformer.config import ConfigError
 from vqformer.lit.recall_module import RecallModule
 from vqformer.lit.runner import DONE, train
@@ -85,3 +85,16 @@ def test_recall_table_collects_runs_and_evaluates_longer_lengths(tmp_path):
     assert any(",passkey,256,1," in r for r in rows)
     assert any(",sw-ovq-64@8," in r for r in rows) and any(",lengthgen,128,4," in r for r in rows)
     assert (tmp_path / "out" / "recall_memory.png").stat().st_size > 1000
+
+
+def test_recall_evaluation_counts_tokens(tmp_path, capfd):
+    from vqformer.results.recall import main
+    train(cfg_for(tmp_path, "model=recall_tvq", "trainer.max_steps=2", "trainer.enable_progress_bar=false"),
+          tmp_path / "runs" / "a")
+    capfd.readouterr()
+    main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--lengths", "128:4",
+          "--n-examples", "4", "--passkey", "256"])
+    err = capfd.readouterr().err
+    lines = progress_lines(err, "recall a")   # 4 MQAR examples of 128 tokens, 4 passkeys of 256
+    assert len(lines) >= 2 and lines[-1][0] == lines[-1][1] == pytest.approx(4 * 128 + 4 * 256, rel=0.01), err[-2000:]
+    assert [d for d, _ in lines] == sorted(d for d, _ in lines)

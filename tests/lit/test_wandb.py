@@ -7,8 +7,7 @@ import struct
 
 import pytest
 
-from test_configs import make_cfg
-from test_train import tiny_cfg
+from conftest import make_cfg, tiny_cfg
 from vqformer.lit.runner import train
 from vqformer.lit.wandb_run import flat_config, knob_tags, wandb_mode
 

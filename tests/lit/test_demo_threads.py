@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from test_train import REPO, TINY
+from conftest import REPO, TINY
 from vqformer.lit.runner import duration
 from vqformer.threads import ENV, choose_threads, set_threads
 
