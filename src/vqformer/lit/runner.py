@@ -205,7 +205,10 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
         if trainer.is_global_zero:
             atomic_write_bytes(done, json.dumps(metrics, indent=1).encode())
             if "val/bpb" in metrics:
-                print(f"[vqformer] validation bits per byte: {metrics['val/bpb']:.4f} after {trainer.global_step} steps")
+                limit = cfg.data.get("limit_eval_bytes")   # say exactly what was scored (docs/conventions.md)
+                scope = f"first {limit:,} tokens of the validation split" if limit else "whole validation split"
+                print(f"[vqformer] validation bits per byte: {metrics['val/bpb']:.4f} after {trainer.global_step} "
+                      f"steps ({scope})")
             else:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
                 print(f"[vqformer] validation: {shown} after {trainer.global_step} steps")
