@@ -11,22 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO
 
+from ..data.files import fsync_dir
+
 TMP_MARK = ".tmp-"   # temporary files are named ".<name>.tmp-<random>" beside their destination
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass   # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -45,7 +34,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
