@@ -113,3 +113,25 @@ def load_splits(dataset: str, root: str | os.PathLike, hub_id: str, hub_config: 
                                    f"could not be loaded from the {where}: {type(e).__name__}: {reason}\n"
                                    + local_copy_help(dataset, hub_id, hub_config, local, keys)) from e
     return datasets.DatasetDict({s: dsd[s] for s in splits})
+
+
+def lazy_splits(dataset: str, root, hub_id: str, hub_config: str | None, source: str, local_path,
+                splits: tuple[str, ...], revision: str | None):
+    """(load, locate) for a preparer: ``load()`` reads the splits once, on first use; ``locate()`` names where
+    they come from, or None when they cannot be read (the manifest check then keeps what is prepared or
+    stops naming the damaged file)."""
+    loaded: dict = {}
+
+    def load():
+        if "dsd" not in loaded:
+            loaded["dsd"] = load_splits(dataset, root, hub_id, hub_config, source, local_path, splits, revision)
+        return loaded["dsd"]
+
+    def locate() -> str | None:
+        try:
+            load()
+        except DataUnavailableError:
+            return None
+        return f"{hub_id}{' ' + hub_config if hub_config else ''} ({source})"
+
+    return load, locate

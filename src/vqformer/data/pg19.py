@@ -268,19 +268,7 @@ def _prepare_pg19_datasets(root, vocab_size: int, train_chars: int, verify: bool
     out_dir = book_dir("pg19", root, vocab_size)
     src = {"kind": "pg19", "datasets": source, "hub_id": hub_id, "revision": hub_revision,
            "local_path": os.path.abspath(local_path) if source == "local" else None, "train_chars": train_chars}
-    loaded: dict = {}
-
-    def load():
-        if "dsd" not in loaded:
-            loaded["dsd"] = hf.load_splits("PG-19", root, hub_id, None, source, local_path, SPLITS, hub_revision)
-        return loaded["dsd"]
-
-    def locate() -> str | None:
-        try:
-            load()
-        except DataUnavailableError:
-            return None
-        return f"{hub_id} ({source})"
+    load, locate = hf.lazy_splits("PG-19", root, hub_id, None, source, local_path, SPLITS, hub_revision)
 
     fix = f"make {hub_id} loadable (data.source={source}) and run again, or delete {out_dir} and run again online"
     if _intact(out_dir, src, verify, locate, fix, version=hf_tokens.META_VERSION):

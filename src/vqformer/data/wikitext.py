@@ -48,20 +48,8 @@ def prepare_wikitext103(root: str | os.PathLike, vocab_size: int = WIKITEXT103_V
     src = {"kind": "wikitext103", "datasets": source, "hub_id": hub_id, "config": hub_config,
            "revision": hub_revision, "local_path": os.path.abspath(local_path) if source == "local" else None,
            "train_chars": train_chars}
-    loaded: dict = {}
-
-    def load():
-        if "dsd" not in loaded:
-            loaded["dsd"] = hf.load_splits("WikiText-103", root, hub_id, hub_config, source, local_path, SPLITS,
-                                           hub_revision)
-        return loaded["dsd"]
-
-    def locate() -> str | None:
-        try:
-            load()
-        except DataUnavailableError:
-            return None
-        return f"{hub_id} {hub_config or ''} ({source})"
+    load, locate = hf.lazy_splits("WikiText-103", root, hub_id, hub_config, source, local_path, SPLITS,
+                                  hub_revision)
 
     fix = (f"make {hub_id} loadable (online once, or data.source=local data.local_path=<a copy>) and run again; "
            f"see docs/data.md §7")
