@@ -24,12 +24,12 @@ SPEC = {s.name: s for s in SPECS}
 
 
 def fake_run(root: Path, name: str, *, n_code=64, block_len=64, agg_cache=True, attn_type="vq", seed=0,
-             bpb=2.0, tags=("mini",), steps=(100, 200)) -> Path:
+             bpb=2.0, tags=("mini",), steps=(100, 200), sequence_len=2048) -> Path:
     d = root / f"{attn_type}-S{n_code}-L{block_len}-cache_{agg_cache}-seed{seed}"
     (d / "csv" / "version_0").mkdir(parents=True)
     (d / "checkpoints").mkdir()
     (d / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    cfg = {"name": name, "seed": seed, "tags": list(tags), "sequence_len": 256, "data": {"name": "wiki_sample"},
+    cfg = {"name": name, "seed": seed, "tags": list(tags), "sequence_len": sequence_len, "data": {"name": "wiki_sample"},
            "model": {"attn_type": attn_type, "head_type": "shga", "n_code": n_code, "block_len": block_len,
                      "agg_cache": agg_cache}}
     (d / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -43,25 +43,35 @@ def fake_run(root: Path, name: str, *, n_code=64, block_len=64, agg_cache=True, 
     return d
 
 
-def test_tables_select_by_config_and_judge_against_the_seed_spread(tmp_path):
+def test_tables_select_by_config_and_judge_paired_differences_against_the_prediction(tmp_path):
     recs = [load_run(fake_run(tmp_path, "tvq/mini_codebook", n_code=s, seed=seed, bpb=b))
-            for s, seed, b in [(16, 0, 2.30), (16, 1, 2.32), (64, 0, 2.10), (64, 1, 2.12), (256, 0, 2.11),
-                               (256, 1, 2.13)]]
+            for s, seed, b in [(16, 0, 2.30), (16, 1, 2.32), (16, 2, 2.31), (64, 0, 2.10), (64, 1, 2.12),
+                               (64, 2, 2.11), (256, 0, 2.11), (256, 1, 2.13), (256, 2, 2.10)]]
     recs.append(load_run(fake_run(tmp_path, "tvq/mini_cache", agg_cache=False, seed=0, bpb=2.5)))
-    rows = {r["arm"]: r for r in summarize(SPEC["mini_codebook"], recs)}
-    assert set(rows) == {16, 64, 256}                       # the cache-off run is not a codebook arm
-    assert rows[16]["mean"] == pytest.approx(2.31) and rows[16]["seeds"] == 2
-    assert rows[16]["verdict"] == "worse"                   # 0.2 apart, spread 0.02
-    assert rows[256]["verdict"] == "within seed spread; worse in each seed (paired)"   # 0.01 apart, spread 0.02
-    assert rows[256]["paired"] == "+0.0100 +0.0100"
+    old = load_run(fake_run(tmp_path / "old", "tvq/mini_codebook", n_code=16, seed=3, bpb=9.0, sequence_len=256))
+    rows = {r["arm"]: r for r in summarize(SPEC["mini_codebook"], recs + [old])}
+    assert set(rows) == {16, 64, 256}                   # neither the cache-off run nor the 256-byte protocol
+    assert rows[16]["mean"] == pytest.approx(2.31) and rows[16]["seeds"] == 3
+    assert rows[16]["paired"] == "+0.2000 +0.2000 +0.2000"
+    assert rows[16]["verdict"] == "agrees (worse)"      # predicted worse; every paired difference 0.2
+    assert rows[16]["resolves"] == "yes"                # zero spread: an interval of width 0
+    # 256: paired +0.01, +0.01, -0.01: mean +0.0033, sd 0.0115, t(2) 4.303 -> half-width 0.0287
+    assert rows[256]["verdict"] == "unresolved" and rows[256]["predicted"] == "better"
+    lo, hi = (float(x) for x in rows[256]["ci"].strip("[]").split(","))
+    assert lo == pytest.approx(0.01 / 3 - 4.303 * 0.011547 / 3 ** 0.5, abs=1e-4) and hi > 0 > lo
+    assert rows[256]["resolves"] == "no"                # wider than the paper's 0.005
     assert rows[64]["verdict"] == "reference"
     cache = {r["arm"]: r for r in summarize(SPEC["mini_cache"], recs)}
-    assert cache[True]["seeds"] == 2 and cache[False]["verdict"] == "one seed: no noise estimate"
+    assert cache[True]["seeds"] == 3 and cache[False]["verdict"] == "one seed: no noise estimate"
     md = to_markdown(SPEC["mini_codebook"], list(rows.values()))
-    assert "| 16 | 2 | 200 | 2.3100" in md
+    assert "| 16 | 3 | 200 | 2.3100" in md and "agrees (worse)" in md
+    better = [load_run(fake_run(tmp_path / "b", "tvq/mini_cache", agg_cache=c, seed=seed, bpb=b))
+              for c, seed, b in [(True, 0, 2.0), (True, 1, 2.1), (False, 0, 1.9), (False, 1, 2.01)]]
+    assert summarize(SPEC["mini_cache"], better)[0]["verdict"] == "disagrees (better)"   # predicted worse
     mixed = [load_run(fake_run(tmp_path / "m", "tvq/mini_block", block_len=L, seed=seed, bpb=b))
              for L, seed, b in [(64, 0, 2.0), (64, 1, 2.1), (32, 0, 2.01), (32, 1, 2.09)]]
-    assert summarize(SPEC["mini_block"], mixed)[0]["verdict"] == "within seed spread"   # signs differ
+    row = summarize(SPEC["mini_block"], mixed)[0]
+    assert row["verdict"] == "unresolved" and row["resolves"] == "" and row["predicted"] == ""   # no paper effect
 
 
 def test_make_results_archives_runs_and_writes_tables_and_plots(tmp_path):

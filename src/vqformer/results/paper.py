@@ -10,6 +10,7 @@ from __future__ import annotations
 ENWIK8_TEST_BPB = 0.99                                      # abstract, 190M model
 CODEBOOK_VAL_BPB = {256: 1.010, 512: 1.005, 1024: 1.000}    # codebook-size ablation (unverified recall)
 CACHE_VAL_BPB = {True: 1.010, False: 1.026}                 # compressive-cache ablation at S = 256
+CODEBOOK_STEP_BPB = 0.005     # smallest effect of one doubling of S in the ablation above (unverified recall)
 
 # Transformer-VQ training-step throughput, VQ over full attention: more than this factor at this length.
 THROUGHPUT_SPEEDUP = {"shga": {8192: 3.0, 32768: 12.0}, "mqa": {8192: 6.0}, "mha": {8192: 6.0}}

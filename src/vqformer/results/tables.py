@@ -18,6 +18,8 @@ class TableSpec:
     where: dict = field(default_factory=dict)   # record key -> required value ("tags" -> a required tag)
     reference: object = None                    # the arm the others are compared with
     paper: str = ""                             # what the paper reports, for the reader
+    predicted: dict = field(default_factory=dict)   # arm -> "worse" | "better" than the reference, fixed before running
+    paper_effect: float | None = None           # bpb: the size of the paper's effect a CI must be narrower than
 
     def selects(self, rec: dict) -> bool:
         for k, want in self.where.items():
@@ -29,23 +31,45 @@ class TableSpec:
         return rec.get("val_bpb") is not None
 
 
-MINI = dict(tags="mini", data="wiki_sample")
+# The mini ablations as redesigned for issue 14: 2048-byte sequences trained with the state carried
+# (conf/experiment/tvq/mini_base.yaml); runs of the earlier 256-byte protocol are not mixed in.
+MINI = dict(tags="mini", data="wiki_sample", sequence_len=2048)
 SPECS = [
     TableSpec("mini_codebook", "Codebook size S (CPU mini, wiki_sample)", "n_code",
-              dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64, paper.TABLE_NOTES["codebook"]),
+              dict(MINI, attn_type="vq", agg_cache=True, block_len=64), 64, paper.TABLE_NOTES["codebook"],
+              predicted={16: "worse", 256: "better"}, paper_effect=paper.CODEBOOK_STEP_BPB),
     TableSpec("mini_cache", "Compressive cache (CPU mini, wiki_sample, S = 64)", "agg_cache",
-              dict(MINI, attn_type="vq", n_code=64, block_len=64), True, paper.TABLE_NOTES["cache"]),
+              dict(MINI, attn_type="vq", n_code=64, block_len=64), True, paper.TABLE_NOTES["cache"],
+              predicted={False: "worse"}, paper_effect=paper.CACHE_VAL_BPB[False] - paper.CACHE_VAL_BPB[True]),
     TableSpec("mini_quadratic", "Transformer-VQ vs quadratic attention (CPU mini, wiki_sample)", "attn_type",
-              dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq", paper.TABLE_NOTES["quadratic"]),
+              dict(MINI, agg_cache=True, n_code=64, block_len=64), "vq", paper.TABLE_NOTES["quadratic"],
+              predicted={"full": "better"}),
     TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
               dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, paper.TABLE_NOTES["block"]),
     TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",
               dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq", paper.TABLE_NOTES["enwik8"]),
     TableSpec("ablation_codebook", "enwik8 codebook-size ablation", "n_code",
-              dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512, paper.TABLE_NOTES["codebook"]),
+              dict(data="enwik8", attn_type="vq", agg_cache=True, block_len=512), 512, paper.TABLE_NOTES["codebook"],
+              predicted={256: "worse", 1024: "better"}, paper_effect=paper.CODEBOOK_STEP_BPB),
     TableSpec("ablation_cache", "enwik8 compressive-cache ablation (S = 256)", "agg_cache",
-              dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True, paper.TABLE_NOTES["cache"]),
+              dict(data="enwik8", attn_type="vq", n_code=256, block_len=512), True, paper.TABLE_NOTES["cache"],
+              predicted={False: "worse"}, paper_effect=paper.CACHE_VAL_BPB[False] - paper.CACHE_VAL_BPB[True]),
 ]
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (df > 30: the normal 1.96 is close enough).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    return T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
+
+
+def paired_ci(diffs: list[float]) -> tuple[float, float]:
+    """95% confidence interval of the mean of paired (seed-matched) differences, Student's t."""
+    m = statistics.fmean(diffs)
+    h = t95(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return m - h, m + h
 
 
 def arms(spec: TableSpec, records: list[dict]) -> dict:
@@ -65,10 +89,11 @@ def arms(spec: TableSpec, records: list[dict]) -> dict:
 def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
     """One row per arm: mean and spread over seeds, the difference to the reference arm, and a verdict.
 
-    A difference larger than the seed-to-seed spread of either arm is called worse / better. Otherwise,
-    the runs of one seed share data order and initialisation across arms, so the per-seed (paired)
-    differences are also shown: the same sign in every seed is reported as such, which with two seeds is
-    a hint, not evidence (it happens half the time by chance)."""
+    The runs of one seed share data order and initialisation across arms, so the comparison is the paired
+    difference seed by seed, with a 95% t confidence interval over seeds. The verdict: *agrees* / *disagrees*
+    with the direction predicted before running when the interval excludes zero (*worse* / *better* for an
+    arm with no prediction), *unresolved* when it does not. ``resolves`` says whether the interval is
+    narrower than the paper's effect, i.e. whether these runs could have told the paper's effect from none."""
     groups = arms(spec, records)
     rows = []
     for arm, recs in groups.items():
@@ -80,6 +105,7 @@ def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
     ref = next((r for r in rows if r["arm"] == spec.reference), None)
     by_seed = {r["arm"]: r.pop("_by_seed") for r in rows}
     for r in rows:
+        r["ci"], r["predicted"], r["resolves"] = "", spec.predicted.get(r["arm"], ""), ""
         if ref is None or r is ref:
             r["delta"], r["paired"], r["verdict"] = float("nan"), "", "reference" if r is ref else ""
             continue
@@ -87,26 +113,32 @@ def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
         mine, base = by_seed[r["arm"]], by_seed[ref["arm"]]
         paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
         r["paired"] = " ".join(f"{d:+.4f}" for d in paired)
-        noise = max(r["max"] - r["min"], ref["max"] - ref["min"])
-        word = "worse" if r["delta"] > 0 else "better"
-        if min(r["seeds"], ref["seeds"]) < 2:
+        if len(paired) < 2:
             r["verdict"] = "one seed: no noise estimate"
-        elif abs(r["delta"]) > noise:
-            r["verdict"] = word
-        elif len(paired) >= 2 and (all(d > 0 for d in paired) or all(d < 0 for d in paired)):
-            r["verdict"] = f"within seed spread; {word} in each seed (paired)"
-        else:
-            r["verdict"] = "within seed spread"
+            continue
+        lo, hi = paired_ci(paired)
+        r["ci"] = f"[{lo:+.4f}, {hi:+.4f}]"
+        if spec.paper_effect is not None:
+            r["resolves"] = "yes" if hi - lo < spec.paper_effect else "no"
+        if lo <= 0 <= hi:
+            r["verdict"] = "unresolved"
+            continue
+        seen = "worse" if lo > 0 else "better"
+        r["verdict"] = (("agrees" if seen == r["predicted"] else "disagrees") + f" ({seen})") if r["predicted"] else seen
     return rows
 
 
-COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "paired", "verdict"]
+COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "paired", "ci", "predicted",
+           "verdict", "resolves"]
 
 
 def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
     head = (f"### {spec.title}\n\nvalidation bits per byte (lower is better), mean over seeds; "
-            f"delta against {spec.vary} = {spec.reference}; paired = the same difference seed by seed. "
-            f"Paper: {spec.paper}.\n\n")
+            f"delta against {spec.vary} = {spec.reference}; paired = the same difference seed by seed, ci = its "
+            f"95% t interval; predicted = the direction fixed before running; resolves = the interval is narrower "
+            f"than the paper's effect"
+            + (f" ({spec.paper_effect:.3f} bpb)" if spec.paper_effect is not None else " (none given)")
+            + f". Paper: {spec.paper}.\n\n")
     if not rows:
         return head + "_no finished runs found_\n"
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) and v == v else ("–" if isinstance(v, float) else str(v))
