@@ -21,6 +21,7 @@ from pathlib import Path
 from ..data.files import atomic_write_text
 from .collect import load_run, run_dirs
 from .paper import EXPECTED, PAPER, REFERENCE, Expected
+from .tables import TableSpec, arms
 
 INSIDE, OUTSIDE = "inside", "outside"
 
@@ -83,11 +84,10 @@ def rows_of(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def mark_table(spec, rows: list[dict], records: list[dict]) -> list[str]:
+def mark_table(spec: TableSpec, rows: list[dict], records: list[dict]) -> list[str]:
     """Hook for a results/tables.py table (``spec.name`` + arm = the key of ``paper.EXPECTED``): adds a ``band``
     column to each summarized row, judging the mean of the arm's runs' whole-split scores, and returns the
     lines to print. A row of a table without a band says so."""
-    from .tables import arms
     groups = arms(spec, records)
     lines = []
     for r in rows:
