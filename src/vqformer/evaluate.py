@@ -16,8 +16,11 @@ def main(cfg: DictConfig) -> dict:
     metrics = evaluate(cfg.run_dir, cfg.split, cfg.ckpt, cfg.eval_sequence_len, cfg.eval_window,
                        cfg.limit_eval_bytes, cfg.batch_size, cfg.data.path, cfg.data.split)
     stage = "val" if cfg.split == "validation" else "test"
-    print(f"[vqformer] {cfg.split}: loss {metrics[f'{stage}/loss']:.4f} nats/token, "
-          f"{metrics[f'{stage}/bpb']:.4f} bits per byte over {int(metrics[f'{stage}/tokens'])} tokens")
+    if f"{stage}/bpb" in metrics:
+        print(f"[vqformer] {cfg.split}: loss {metrics[f'{stage}/loss']:.4f} nats/token, "
+              f"{metrics[f'{stage}/bpb']:.4f} bits per byte over {int(metrics[f'{stage}/tokens'])} tokens")
+    else:   # a classifier (LRA): accuracy and loss
+        print(f"[vqformer] {cfg.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     out = Path(cfg.run_dir) / (f"eval_{cfg.split}.json" if data is None else f"eval_{cfg.split}-{data['dir']}.json")
     out.write_text(json.dumps({"metrics": metrics, "eval_config": OmegaConf.to_container(cfg), "data": data}, indent=1))
     return metrics

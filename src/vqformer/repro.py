@@ -5,7 +5,8 @@
 
 ``test`` takes the overrides given to ``python -m vqformer.train -m``, finds every job's run directory the way
 the sweep named it (``vqformer.config.run_dir``), scores each on the test split with
-``python -m vqformer.evaluate run_dir=<dir> split=test`` and prints the score next to the paper's number.
+``python -m vqformer.evaluate run_dir=<dir> split=test`` and says whether the score is inside the band its table
+row expects (``vqformer.results.paper.EXPECTED``): "reproduction holds / does not hold: X, expected Y ± Z".
 ``data`` builds the experiment's own data module and prepares it (download, generation, cache, checksums), so
 the files are the ones the training run will read.
 """
@@ -27,11 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import CONF_DIR
 from .config import ConfigError, run_dir, validate
-from .results import paper
-
-# Test scores the papers report for an experiment: (metric key, value, where it comes from). No tolerance band
-# is known for any of them, so a score is printed next to the number, not judged.
-PAPER_TEST = {"tvq/enwik8": ("test/bpb", paper.ENWIK8_TEST_BPB, "Transformer-VQ 190M, the paper's abstract")}
+from .results.collect import load_run
+from .results.expected import mean_verdict, run_verdict, sentence
+from .results.paper import EXPECTED, expected_rows
 
 
 def _compose(overrides: list[str], hydra_cfg: bool = False):
@@ -66,11 +65,19 @@ def job_dirs(overrides: list[str]) -> tuple[list[Path], str, str]:
     return dirs, hardware, name
 
 
-def _paper_note(name: str, metrics: dict) -> str:
-    if name not in PAPER_TEST:
-        return "the paper reports no number for this run"
-    key, value, source = PAPER_TEST[name]
-    return f"paper: {value} {key.split('/')[1]} ({source}); no tolerance band is defined"
+def _verdicts(run: Path, scores: dict[str, list[float]]) -> list[str]:
+    """One line per table row the run belongs to that is judged on the test split (or has no band)."""
+    rec = load_run(run)
+    rows = {k: e for k, e in expected_rows(rec).items() if e.value is None or e.split() == "test"}
+    if not rows:
+        return ["no expected number: no row of vqformer.results.paper.EXPECTED selects this run's config"]
+    lines = []
+    for key, e in rows.items():
+        x, verdict = run_verdict(e, rec)
+        if x is not None:
+            scores.setdefault(key, []).append(x)
+        lines.append(f"{key}: " + (verdict if x is None else sentence(e, x, verdict)))
+    return lines
 
 
 def test(overrides: list[str]) -> int:
@@ -81,18 +88,28 @@ def test(overrides: list[str]) -> int:
         print(f"[vqformer] hardware={hardware}: score the test split on a GPU node with")
         for cmd in commands:
             print("  python -m vqformer.evaluate " + " ".join(f"'{a}'" for a in cmd[3:]))
+        print("[vqformer] then `python -m vqformer.results expected --runs <log dir>` says whether each score is "
+              "inside its expected band")
         return 0
     missing = [d for d in dirs if not (d / DONE).is_file()]
     if missing:
         print(f"[vqformer] not finished (no {DONE} marker), so not scored: {', '.join(map(str, missing))}; "
               f"run the same training command again to finish it", file=sys.stderr)
         return 1
+    scores: dict[str, list[float]] = {}
     for d, cmd in zip(dirs, commands):
         print("[vqformer] " + " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd).returncode != 0:
             return 1
         metrics = json.loads((d / "eval_test.json").read_text())["metrics"]
-        print(f"[vqformer] {name} test bpb {metrics['test/bpb']:.4f} ({d}); {_paper_note(name, metrics)}")
+        shown = next((k for k in ("test/bpb", "test/acc") if k in metrics), "test/loss")
+        print(f"[vqformer] {name} {shown.replace('/', ' ')} {metrics[shown]:.4f} ({d})")
+        for line in _verdicts(d, scores):
+            print(f"[vqformer] {line}")
+    for key, xs in scores.items():   # several seeds: the mean is judged too
+        if len(xs) > 1:
+            x, verdict = mean_verdict(EXPECTED[key], xs)
+            print(f"[vqformer] {key}, mean of {len(xs)} runs: {sentence(EXPECTED[key], x, verdict)}")
     return 0
 
 

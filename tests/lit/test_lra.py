@@ -178,3 +178,25 @@ def test_bad_classify_config_fails_naming_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_is_scored_on_test_and_judged_against_its_lra_row(tmp_path):
+    """`python -m vqformer.evaluate` on a finished MEGA run writes its test accuracy (no bits per byte), and the
+    lra results family judges it against MEGA's ListOps row: a run of 4 updates is not held to the band."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vqformer.results import lra
+
+    run = tmp_path / "mega"
+    train(tiny_cfg(tmp_path, "model=mega", "model.max_len=64", "trainer.max_steps=4", "ckpt_every=4"), run)
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.run([sys.executable, "-m", "vqformer.evaluate", f"run_dir={run}", "split=test"],
+                          env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "eval_test.json").read_text())["metrics"]
+    assert 0 <= metrics["test/acc"] <= 1 and f"test/acc {metrics['test/acc']:.4f}" in proc.stdout
+    assert lra.verdicts(run) == ["lra/listops/mega: not judged: 4 of the full run's 90,000 updates"]

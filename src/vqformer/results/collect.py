@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-ARCHIVED = ("config.yaml", "DONE", "git.json", "csv/version_0/metrics.csv")   # what `archive` keeps of a run
+EVALS = ("eval_validation.json", "eval_test.json")   # `python -m vqformer.evaluate` on the run's own data
+ARCHIVED = ("config.yaml", "DONE", "git.json", "csv/version_0/metrics.csv", *EVALS)   # what `archive` keeps of a run
 CURVES = ("val/bpb", "train/bpb", "vq/code_perplexity", "vq/unused_codes")
 
 
@@ -23,16 +24,19 @@ def _num(x: str | None) -> float | None:
         return None
 
 
-def _record(cfg: dict, final: dict, rows: list[dict], source: str) -> dict:
-    model = cfg.get("model", {})
+def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict | None = None) -> dict:
+    model, data = cfg.get("model", {}), cfg.get("data", {})
     curves = {k: [(int(float(r["step"])), _num(r[k])) for r in rows if _num(r.get(k)) is not None] for k in CURVES}
     return {
         "source": source, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []), "seed": cfg.get("seed"),
-        "data": cfg.get("data", {}).get("name"), "attn_type": model.get("attn_type"),
+        "task": cfg.get("task", "lm"), "data": data.get("name"), "data_task": data.get("task"),
+        "data_source": data.get("source"), "arch": model.get("arch"), "d_model": model.get("d_model"),
+        "ssm": model.get("ssm"), "attn_type": model.get("attn_type"),
         "head_type": model.get("head_type"), "n_code": model.get("n_code"), "block_len": model.get("block_len"),
         "agg_cache": model.get("agg_cache"), "sequence_len": cfg.get("sequence_len"),
         "step": final.get("step"), "val_bpb": final.get("val/bpb"), "val_loss": final.get("val/loss"),
         "curves": curves,
+        "scores": scores or {},   # whole-split scores of `vqformer.evaluate` (e.g. test/bpb), when it was run
     }
 
 
@@ -50,7 +54,11 @@ def load_run(run_dir: Path) -> dict:
     final = json.loads((run_dir / "DONE").read_text())
     log = run_dir / "csv" / "version_0" / "metrics.csv"
     rows = list(csv.DictReader(log.open())) if log.exists() else []
-    return _record(cfg, final, rows, str(run_dir))
+    scores = {}
+    for name in EVALS:
+        if (run_dir / name).is_file():
+            scores.update(json.loads((run_dir / name).read_text())["metrics"])
+    return _record(cfg, final, rows, str(run_dir), scores)
 
 
 def archive(run_dir: Path, dest_root: Path) -> Path:

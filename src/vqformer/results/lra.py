@@ -97,3 +97,19 @@ def main(argv=None) -> None:
     atomic_write_text(Path(f"{stem}.csv"), buf.getvalue())
     plot(rows, references, Path(f"{stem}.png"), a.title)
     print(f"[results] wrote {stem}.csv and {stem}.png ({len(rows)} validations)")
+    for line in verdicts(a.run_dir):
+        print(f"[results] {line}")
+
+
+def verdicts(run_dir: Path) -> list[str]:
+    """The run against its LRA row's expected test accuracy (``paper.EXPECTED``), once it has finished."""
+    from .collect import load_run
+    from .expected import run_verdict, sentence
+    if not (run_dir / "DONE").is_file():
+        return ["not finished (no DONE marker): not judged against an expected number"]
+    rec = load_run(run_dir)
+    out = []
+    for key, e in paper.expected_rows(rec).items():
+        x, verdict = run_verdict(e, rec)
+        out.append(f"{key}: " + (verdict if x is None else sentence(e, x, verdict)))
+    return out or ["no row of vqformer.results.paper.EXPECTED selects this run's config"]

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
 from ..progress import progress
+from .paper import EXPECTED
 
 FIELDS = ["experiment", "arm", "d_model", "seed", "source", "L", "D", "acc", "state_bytes", "run"]
 
@@ -243,6 +244,7 @@ def main(argv=None) -> None:
     summary = summarize(rows)
     write_csv(summary, a.out / "results.csv", list(summary[0]))
     plot(summary, a.out / "recall_memory.png")
+    print(f"[results] recall rows: {EXPECTED['recall'].text()}")
     for s in summary:
         print(f'{s["experiment"]:<24} {s["arm"]:<14} d={s["d_model"]:<4} {s["source"]:<9} L={s["L"]:<5} D={s["D"]:<4} '
               f'acc {s["acc_mean"]:.3f} [{s["acc_min"]:.3f}, {s["acc_max"]:.3f}] n={s["seeds"]} '
