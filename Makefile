@@ -9,7 +9,7 @@ ARGS ?=
 # New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
 OUT ?= logs
 
-.PHONY: help install demo test test-full data-enwik8 data-pg19 data-wikitext103 data-imagenet64 data-lra repro-enwik8 repro-enwik8-test repro-quadratic repro-pg19 repro-imagenet64 repro-lra repro-lra-baselines repro-longvq-lm repro-parity sweep-codebook sweep-cache sweep-block mini results recall bench refresh-results refresh-bench clean-logs gpu-check
+.PHONY: help install demo test test-full data-enwik8 data-pg19 data-wikitext103 data-imagenet64 data-lra repro-enwik8 repro-enwik8-test repro-quadratic repro-pg19 repro-imagenet64 repro-lra repro-lra-baselines repro-longvq-lm repro-parity sweep-codebook sweep-cache sweep-block mini results recall longctx bench refresh-results refresh-bench clean-logs gpu-check
 
 # Row groups: `make repro-lra TASK=text`, `make repro-longvq-lm DATA=wikitext103`, `make repro-imagenet64 VARIANT=190m`.
 # A value outside these lists stops make before anything runs, with the list.
@@ -125,6 +125,9 @@ mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 14 runs, ~1 h on 
 FAMILY ?= mini
 results: install ## runs (logs/ + the committed archive) -> tables and plots under $(OUT)/results/mini; FAMILY=recall|lra|throughput|...
 	$(PY) -m vqformer.results $(FAMILY) --out $(OUT)/results/$(FAMILY) $(ARGS)
+
+longctx: install ## bits per byte against evaluation context (256 ... 65,536, whole split) of the finished mini runs -> $(OUT)/results/longctx
+	$(PY) -m vqformer.results longctx --out $(OUT)/results/longctx $(ARGS)
 
 bench: install ## throughput benchmark, reduced CPU grid (< 20 min) -> $(OUT)/bench/cpu; ARGS=bench=gpu for the GPU grid
 	$(PY) -m vqformer.bench bench=cpu_quick out_root=$(OUT)/bench $(ARGS)

@@ -122,6 +122,8 @@ def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (["repro-parity"], ["-m vqformer.train -m experiment=tvq/parity_official_tiny hardware=auto",
                         "-m vqformer.results parity --out logs/results/parity"]),
     (["data-lra", "TASK=listops"], ["-m vqformer.repro data experiment=longvq/lra_listops"]),
+    (["longctx", "OUT=/tmp/o", "ARGS=--max-full-context 65536"],
+     ["-m vqformer.results longctx --out /tmp/o/results/longctx --max-full-context 65536"]),
     (["data-pg19"], ["-m vqformer.data.prepare pg19 --root data"]),
 ])
 def test_dry_run_prints_the_page_command(tmp_path, args, expected):

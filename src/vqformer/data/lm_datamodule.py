@@ -13,9 +13,9 @@ the same stream. The train loader is stateful (`state_dict` /
 `load_state_dict`), so Lightning restores the exact position, mid-epoch
 included, when resuming from a checkpoint.
 
-Evaluation: the split (optionally truncated to `limit_eval_bytes`) is cut in
-order into consecutive sequences; the last one is padded with targets = PAD and
-mask False, so every byte is scored exactly once.
+Evaluation: the split (validation optionally truncated to `limit_eval_bytes`)
+is cut in order into consecutive sequences; the last one is padded with
+targets = PAD and mask False, so every byte is scored exactly once.
 """
 
 from __future__ import annotations
@@ -423,6 +423,11 @@ class ByteLMDataModule(L.LightningDataModule):
         dataset = EvalSequenceDataset(self._split_path(split), sequence_len or self.eval_sequence_len, limit_bytes,
                                       self.token_dtype, self.token_offset)
         return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, shuffle=False, **self._loader_kw())
+
+    def eval_tokens(self, split: str) -> int:
+        """Tokens the evaluation loader of ``split`` scores: validation's first ``limit_eval_bytes``, all of test."""
+        n = self.n_tokens(split)
+        return min(n, self.limit_eval_bytes) if split == "validation" and self.limit_eval_bytes else n
 
     # Under DDP each rank scores its shard; the metrics sum over ranks (lit/metrics.py TokenNLL).
     def val_dataloader(self) -> DataLoader:

@@ -229,31 +229,52 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
                 wandb.finish()
 
 
-def evaluate(run_dir: str | Path, split: str = "validation", ckpt: str = "last", eval_sequence_len: int | None = None,
-             eval_window: int | None = None, limit_eval_bytes: int | None = None,
-             batch_size: int | None = None, data_path: str | None = None, data_split=None) -> dict:
+WHOLE = "whole"   # eval_sequence_len: everything the split scores as one sequence (docs/transformer_vq.md §3.5)
+
+
+def evaluate(run_dir: str | Path, split: str = "validation", ckpt: str = "last",
+             eval_sequence_len: int | str | None = None, eval_window: int | None = None,
+             limit_eval_bytes: int | None = None, batch_size: int | None = None, data_path: str | None = None,
+             data_split=None) -> dict:
     """Score a run's checkpoint on a split with the run's own data config (state carried across windows),
-    or on the byte file ``data_path`` cut at ``data_split``."""
+    or on the byte file ``data_path`` cut at ``data_split``. ``eval_sequence_len="whole"`` scores the split
+    (validation: its first ``limit_eval_bytes``) as one sequence from an empty state."""
     from omegaconf import open_dict
 
     from .checkpoint import load_module, run_config
 
     if split not in ("validation", "test"):
         raise ValueError(f"split={split!r} is invalid: choose validation or test")
+    whole = eval_sequence_len == WHOLE
+    if not (eval_sequence_len is None or whole or (isinstance(eval_sequence_len, int)
+                                                   and not isinstance(eval_sequence_len, bool)
+                                                   and eval_sequence_len >= 1)):
+        raise ValueError(f"eval_sequence_len={eval_sequence_len!r} is invalid: a positive integer, {WHOLE} "
+                         "(the whole split as one sequence) or null (the run's own)")
     run = run_config(run_dir)
     if data_path:   # another byte file, prepared and hashed like the run's own data
         from ..data.byte_file import byte_file_data
         run.data = byte_file_data(run.data, data_path, data_split)
+    if whole and not str(run.data.get("_target_", "")).endswith((".ByteLMDataModule", ".ByteFileDataModule")):
+        raise ValueError(f"eval_sequence_len={WHOLE} applies to corpora cut into sequences (bytes); data="
+                         f"{run.data.get('name')} cuts its own evaluation items (books: eval_sequence_len=null "
+                         "scores every book whole)")
     with open_dict(run):
         run.data.limit_eval_bytes = limit_eval_bytes
-        if eval_sequence_len:
+        if eval_sequence_len and not whole:
             run.data.eval_sequence_len = eval_sequence_len
         if batch_size:
             run.data.eval_batch_size = batch_size
     module = load_module(run_dir, ckpt)
     if eval_window:
         module.eval_window = eval_window
+    datamodule = build_datamodule(run)
+    if whole:   # whole windows: the padded tail of the last one scores nothing
+        datamodule.prepare_data()
+        datamodule.setup("validate" if split == "validation" else "test")
+        n = datamodule.eval_tokens(split)
+        datamodule.eval_sequence_len = -(-n // module.eval_window) * module.eval_window
     trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, callbacks=[StepProgressBar()])   # batches with ETA
     run_fn = trainer.validate if split == "validation" else trainer.test
-    return {k: float(v) for k, v in run_fn(module, datamodule=build_datamodule(run), verbose=False)[0].items()}
+    return {k: float(v) for k, v in run_fn(module, datamodule=datamodule, verbose=False)[0].items()}

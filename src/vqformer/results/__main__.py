@@ -8,6 +8,7 @@ lists its options. Without a family the language-model tables are built (``mini`
     throughput    throughput tables and plots from a benchmark record (results/throughput.py)
     parity        our curve against the official tiny configuration's (results/parity.py)
     expected      finished full-size runs inside / outside their expected band (results/expected.py)
+    longctx       bits per byte against context (results/longctx.py)           make longctx
 
 New output goes to ``logs/results/<family>/`` unless ``--out`` says otherwise; the committed pages under
 ``experiments/`` change only through ``make refresh-results`` / ``make refresh-bench``.
@@ -18,7 +19,7 @@ import importlib
 import sys
 
 FAMILIES = {"mini": "mini", "recall": "recall", "lra": "lra", "lra-baseline": "lra_baseline",
-            "throughput": "throughput", "parity": "parity", "expected": "expected"}
+            "throughput": "throughput", "parity": "parity", "expected": "expected", "longctx": "longctx"}
 
 
 def main(argv=None) -> None:
