@@ -118,7 +118,7 @@ sweep-block: install ## block-length sweep as one multirun
 	$(PY) -m vqformer.train -m experiment=tvq/sweep_block hardware=$(HARDWARE) $(ARGS)
 
 MINI := mini_codebook mini_cache mini_quadratic mini_block
-mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 14 runs, ~1 h on 2 cores), then the tables
+mini: install ## CPU-scale ablations on wiki_sample (4 sweeps, 21 runs of ~8 min on one idle core), then the tables
 	for e in $(MINI); do $(PY) -m vqformer.train -m experiment=tvq/$$e hardware=$(HARDWARE) $(ARGS) || exit 1; done
 	$(MAKE) results
 

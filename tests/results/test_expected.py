@@ -116,7 +116,7 @@ def test_mark_table_adds_a_band_column_to_the_full_size_tables_and_says_when_a_r
     assert band["vq"] == "inside: 0.995 vs 0.990 ± 0.020 test/bpb"
     assert band["full"].startswith("no band: the paper has no same-size quadratic row")
     assert "[results] enwik8 attn_type=vq: inside: 0.995 vs 0.990 ± 0.020 test/bpb" in lines
-    mini = {"data": {"name": "wiki_sample"}, "tags": ["mini"],
+    mini = {"data": {"name": "wiki_sample"}, "tags": ["mini"], "sequence_len": 2048,
             "model": {"attn_type": "vq", "n_code": 64, "block_len": 64, "agg_cache": True}}
     mini_recs = [load_run(full_run(tmp_path / "m", "tvq/mini_cache", mini, step=800))]
     mini_rows = summarize(spec["mini_cache"], mini_recs)

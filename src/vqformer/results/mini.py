@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..data.files import atomic_write_text
 from ..provenance import git_commit
-from . import plots
+from . import expected, plots
 from .collect import archive, load_run, load_wandb, run_dirs
 from .tables import SPECS, summarize, to_csv, to_markdown
 
@@ -68,6 +68,9 @@ def main(argv=None) -> None:
     sections = []
     for spec in SPECS:
         rows = summarize(spec, records)
+        if any(key.startswith(spec.name + "/") for key in expected.EXPECTED):   # full-size rows: judge the band
+            for line in expected.mark_table(spec, rows, records):
+                print(line)
         sections.append(to_markdown(spec, rows))
         if not rows:
             continue

@@ -132,6 +132,11 @@ COLUMNS = ["arm", "seeds", "steps", "mean", "std", "min", "max", "delta", "paire
            "verdict", "resolves"]
 
 
+def columns(rows: list[dict]) -> list[str]:
+    """COLUMNS, plus ``band`` where results/expected.py judged the rows against a full run's expected number."""
+    return COLUMNS + (["band"] if rows and "band" in rows[0] else [])
+
+
 def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
     head = (f"### {spec.title}\n\nvalidation bits per byte (lower is better), mean over seeds; "
             f"delta against {spec.vary} = {spec.reference}; paired = the same difference seed by seed, ci = its "
@@ -142,14 +147,15 @@ def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
     if not rows:
         return head + "_no finished runs found_\n"
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) and v == v else ("–" if isinstance(v, float) else str(v))
-    lines = [f"| {spec.vary} | " + " | ".join(COLUMNS[1:]) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    cols = columns(rows)
+    lines = [f"| {spec.vary} | " + " | ".join(cols[1:]) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=columns(rows))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
