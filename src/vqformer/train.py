@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from . import CONF_DIR
 from .config import ConfigError, register_resolvers, run_dir, validate
+from .heap import set_cpu_heap
 from .threads import set_threads
 
 register_resolvers()
@@ -29,6 +30,10 @@ def main(cfg: DictConfig) -> float:
     try:   # before any tensor work: torch's default (every logical CPU) stalls on a busy machine
         cpu_procs = cfg.trainer.devices if cfg.trainer.accelerator == "cpu" and isinstance(cfg.trainer.devices, int) else 1
         set_threads(cfg.get("threads"), procs=cpu_procs, verbose=is_rank_zero())
+        if cfg.trainer.accelerator == "cpu":   # long update windows: reuse freed buffers, no page faults per step
+            why = set_cpu_heap()[1]
+            if is_rank_zero():
+                print(f"[vqformer] {why}", flush=True)
     except ValueError as e:
         sys.exit(f"[vqformer] config error: {e}")
     out = run_dir(cfg, HydraConfig.get())

@@ -162,7 +162,8 @@ def test_bench_configs_compose(name):
 
 def test_tiny_run_writes_every_output(tmp_path):
     # a memory budget that the quadratic arm's analytic guard exceeds at T=128 (327 KiB > ~210 KiB)
-    cfg = bench_cfg(*BENCH_TINY, "bench.mem_budget_gb=0.0002", f"out_dir={tmp_path}")
+    # cpu_heap=release: glibc's default, so that this test leaves the pytest process's allocator as it was
+    cfg = bench_cfg(*BENCH_TINY, "bench.mem_budget_gb=0.0002", "bench.cpu_heap=release", f"out_dir={tmp_path}")
     result = run(cfg, tmp_path, command="pytest", log=lambda *a: None)
     assert {p.name for p in tmp_path.iterdir()} == {"points.csv", "results.json", "profile_vq_kernel_T64.txt"}
     throughput.write(result, tmp_path)      # what python -m vqformer.bench does next
@@ -187,7 +188,15 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert len(data["points"]) == len(rows) == len(result["points"])
     table = (tmp_path / "table.md").read_text()
     assert "## Targets" in table and "VQ/baseline" in table and "skipped: memory" in table
+    assert "- CPU heap: glibc default" in table          # the allocator policy the timings ran under
     assert all(t["status"].split(" ")[0] in ("met", "not") for t in data["targets"])
+
+
+def test_a_bad_cpu_heap_policy_names_the_key(tmp_path):
+    cfg = bench_cfg(*BENCH_TINY, "bench.cpu_heap=never", f"out_dir={tmp_path}")
+    with pytest.raises(ValueError, match=r"bench.cpu_heap='never' is invalid: choose one of \['keep', 'release'\]"):
+        run(cfg, tmp_path, command="pytest", log=lambda *a: None)
+    assert not any(tmp_path.iterdir())                  # before any work
 
 
 def test_benchmark_counts_points_done_of_total(capfd):

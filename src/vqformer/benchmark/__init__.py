@@ -38,6 +38,10 @@ def run(cfg: DictConfig, out_dir: Path, command: str = "", log=print) -> dict:
     meta = machine.machine_info(device)
     meta.update(command=command, git=git_commit(), dtype=b.dtype, device_tag=b.device_tag,
                 mem_method=("cuda" if device.type == "cuda" else f"cpu-{b.memory}"))
+    if device.type == "cpu":       # before the first step: large buffers are reused, not faulted in per step
+        from ..heap import set_cpu_heap
+        meta["cpu_heap"] = set_cpu_heap(b.get("cpu_heap", "keep"), key="bench.cpu_heap")[1]
+        log(f"[bench] {meta['cpu_heap']}")
     res = run_benchmark(cfg, log=log)
     prof = None
     if b.get("profile") and b.profile.get("enabled") and b.get("kernel"):

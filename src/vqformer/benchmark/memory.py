@@ -37,6 +37,8 @@ import time
 
 import torch
 
+from ..heap import trim
+
 MB = 2.0 ** 20
 
 
@@ -71,15 +73,6 @@ def cuda_step_memory(step, device) -> dict:
             "mem_method": "cuda"}
 
 
-def _malloc_trim() -> None:
-    """Give free heap pages back to the OS so the next step's allocations show up in RSS (glibc only)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def cpu_step_memory(step, method: str = "cpu-inprocess", warm: bool = True) -> dict:
     """High-water-mark delta of one step in this process (``warm``: run one unmeasured step first)."""
     t_warm = None
@@ -88,7 +81,7 @@ def cpu_step_memory(step, method: str = "cpu-inprocess", warm: bool = True) -> d
         step()
         t_warm = time.perf_counter() - t0
     gc.collect()
-    _malloc_trim()
+    trim()                                     # free heap pages back to the OS: the step's show up in RSS
     base_kb = _status_kb("VmRSS")
     if base_kb is not None and _reset_hwm():
         t0 = time.perf_counter()

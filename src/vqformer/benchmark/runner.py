@@ -20,6 +20,7 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..heap import trim
 from ..progress import progress
 from .arms import build_step, predicted_memory
 from .grid import MEM_EXPONENT, TIME_EXPONENT, length_grid, plan_point, predict, refit_repeats
@@ -88,9 +89,13 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _free(device: torch.device) -> None:
+    """After a point: on CPU the heap kept for speed (``bench.cpu_heap``) goes back to the OS here, so it does
+    not hold this point's memory while the next point's memory probe (another process) runs."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    else:
+        trim()
 
 
 class ArmState:

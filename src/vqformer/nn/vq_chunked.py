@@ -18,7 +18,9 @@ Two savings over the eager form:
   inputs, the output, the row log-sum-exp and one cache snapshot per chunk; backward recomputes each
   chunk's scores (one matmul more than plain autograd's six). The working memory is one chunk, reused
   chunk after chunk: on CPU, tensors sized by the whole sequence are fresh mappings the kernel must
-  fault in on every step, which costs more than the extra matmul.
+  fault in on every step, which costs more than the extra matmul. (What stays T-sized, the inputs,
+  outputs and gradients here and the model's activations around it, is reused across steps by keeping
+  freed memory in the heap: ``vqformer/heap.py``. A smaller budget does not help with those.)
 - The in-block rows are split into ``row_tiles`` tiles; rows ``r0..r1-1`` only need the current block's
   keys ``0..r1-1``, so the masked upper triangle of the current block is mostly never computed
   (2 tiles skip a quarter of it).

@@ -133,7 +133,8 @@ def markdown(result: dict) -> str:
              f"- dense matmul peak ({mm.get('n')}³, {mm.get('dtype')}): {_fmt((mm.get('flops_per_s') or 0) / 1e9, '.1f')} GFLOP/s",
              f"- timing: median of the timed repeats after warm-up (shared machine: medians, noisy); "
              f"peak memory: {meta.get('mem_method', '?')}, increase over the memory held before the step",
-             f"- load average at start / end: {meta.get('loadavg_start')} / {meta.get('loadavg_end')}", "",
+             f"- load average at start / end: {meta.get('loadavg_start')} / {meta.get('loadavg_end')}",
+             *([f"- {meta['cpu_heap']}"] if meta.get("cpu_heap") else []), "",
              "## Targets", "", "| target | required | measured | status |", "|---|---|---|---|"]
     for t in tg:
         lines.append(f"| {t['target']} | {_fmt(t['required'])} | {_fmt(t.get('measured'))} | **{t['status']}** |")
