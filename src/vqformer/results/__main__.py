@@ -7,6 +7,7 @@ lists its options. Without a family the language-model tables are built (``mini`
     lra-baseline  bag-of-tokens baselines of an LRA task (results/lra_baseline.py)
     throughput    throughput tables and plots from a benchmark record (results/throughput.py)
     parity        our curve against the official tiny configuration's (results/parity.py)
+    mechanism     compressive-cache mechanism experiment (results/mechanism.py)  make repro-mechanism
 
 New output goes to ``logs/results/<family>/`` unless ``--out`` says otherwise; the committed pages under
 ``experiments/`` change only through ``make refresh-results`` / ``make refresh-bench``.
@@ -17,7 +18,7 @@ import importlib
 import sys
 
 FAMILIES = {"mini": "mini", "recall": "recall", "lra": "lra", "lra-baseline": "lra_baseline",
-            "throughput": "throughput", "parity": "parity"}
+            "throughput": "throughput", "parity": "parity", "mechanism": "mechanism"}
 
 
 def main(argv=None) -> None:
