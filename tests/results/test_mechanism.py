@@ -90,7 +90,7 @@ def test_main_archives_small_files_and_a_logs_run_replaces_the_archived_one(tmp_
     assert (copied / "config.yaml").exists() and (copied / "csv" / "version_0" / "metrics.csv").exists()
     assert not (copied / "checkpoints").exists() and (copied / mechanism.DETAIL).exists()
     table = (out / "tables.md").read_text()
-    assert "| cache | 0.900 | 0.900 | 0.900 | 0.900 [0.900, 0.900] | 1.000 (3 seeds) |" in table
+    assert "| cache | 0.900 | 0.900 | 0.900 | 0.900 [0.900, 0.900] | 1.0000 (3 seeds) |" in table
     assert (out / "mechanism_acc.png").stat().st_size > 0
     assert len((out / "mechanism.csv").read_text().splitlines()) == 1 + 6
 
@@ -111,4 +111,4 @@ def test_a_trained_run_is_scored_from_its_checkpoint_like_its_logged_validation(
     detail = json.loads((tmp_path / "archive" / "model.agg_cache=True,seed=0" / mechanism.DETAIL).read_text())
     assert detail["queries"] == 24 * 4 and detail["acc"] == pytest.approx(metrics["val/acc"])
     assert detail["acc"] <= detail["in_set"] <= 1 and detail["in_set_chance"] == 4 / 32
-    assert f"{detail['in_set']:.3f} (1 seeds)" in (out / "tables.md").read_text()
+    assert f"{detail['in_set']:.4f} (1 seeds)" in (out / "tables.md").read_text()

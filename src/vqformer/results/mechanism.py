@@ -154,7 +154,7 @@ def to_markdown(s: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, a in s["arms"].items():
         cells = [f"{a['seeds'][x]:.3f}" if x in a["seeds"] else "" for x in seeds]
-        in_set = "" if a["in_set"] is None else f"{a['in_set']:.3f} ({a['in_set_seeds']} seeds)"
+        in_set = "" if a["in_set"] is None else f"{a['in_set']:.4f} ({a['in_set_seeds']} seeds)"
         lines.append(f"| {ARMS[arm]} | " + " | ".join(cells)
                      + f" | {a['mean']:.3f} [{a['min']:.3f}, {a['max']:.3f}] | {in_set} |")
     if s["diff"]:
