@@ -9,7 +9,7 @@ ARGS ?=
 # New tables go to $(OUT)/results/<family>, benchmarks to $(OUT)/bench; only refresh-* write into experiments/.
 OUT ?= logs
 
-.PHONY: help install demo test test-full data-enwik8 data-pg19 data-wikitext103 data-imagenet64 data-lra repro-enwik8 repro-enwik8-test repro-quadratic repro-pg19 repro-imagenet64 repro-lra repro-lra-baselines repro-longvq-lm repro-parity sweep-codebook sweep-cache sweep-block mini results recall longctx bench refresh-results refresh-bench clean-logs gpu-check
+.PHONY: help install demo test test-full data-enwik8 data-pg19 data-wikitext103 data-imagenet64 data-lra repro-enwik8 repro-enwik8-test repro-quadratic repro-pg19 repro-imagenet64 repro-lra repro-lra-baselines repro-longvq-lm repro-parity repro-mechanism sweep-codebook sweep-cache sweep-block mini results recall longctx bench refresh-results refresh-bench clean-logs gpu-check
 
 # Row groups: `make repro-lra TASK=text`, `make repro-longvq-lm DATA=wikitext103`, `make repro-imagenet64 VARIANT=190m`.
 # A value outside these lists stops make before anything runs, with the list.
@@ -107,6 +107,10 @@ repro-longvq-lm: install ## LongVQ as a language model, DATA=enwik8|wikitext103 
 repro-parity: install ## the official code's tiny configuration, seeds 0-2 (CPU, minutes), then the parity table
 	$(PY) -m vqformer.train -m experiment=tvq/parity_official_tiny hardware=$(HARDWARE) $(ARGS)
 	$(PY) -m vqformer.results parity --out $(OUT)/results/parity
+
+repro-mechanism: install ## the compressive-cache mechanism experiment: cache on/off x seeds 0-2 (CPU, ~15 min of CPU time), then its table
+	$(PY) -m vqformer.train -m experiment=tvq/mechanism_cache hardware=$(HARDWARE) $(ARGS)
+	$(PY) -m vqformer.results mechanism --out $(OUT)/results/mechanism
 
 sweep-codebook: install ## codebook-size ablation as one multirun (S = 256, 512, 1024)
 	$(PY) -m vqformer.train -m experiment=tvq/ablation_codebook hardware=$(HARDWARE) $(ARGS)

@@ -121,6 +121,8 @@ def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
       "-m vqformer.repro test experiment=tvq/enwik8 hardware=auto trainer.max_steps=100"]),
     (["repro-parity"], ["-m vqformer.train -m experiment=tvq/parity_official_tiny hardware=auto",
                         "-m vqformer.results parity --out logs/results/parity"]),
+    (["repro-mechanism"], ["-m vqformer.train -m experiment=tvq/mechanism_cache hardware=auto",
+                           "-m vqformer.results mechanism --out logs/results/mechanism"]),
     (["data-lra", "TASK=listops"], ["-m vqformer.repro data experiment=longvq/lra_listops"]),
     (["longctx", "OUT=/tmp/o", "ARGS=--max-full-context 65536"],
      ["-m vqformer.results longctx --out /tmp/o/results/longctx --max-full-context 65536"]),

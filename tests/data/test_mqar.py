@@ -2,6 +2,9 @@
 queries scored, determinism by seed, disjoint train/test seeds, atomic cache; the recall data module."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +108,49 @@ def test_datamodule_rejects_bad_segments():
     with pytest.raises(ValueError, match=r"data\.test_segments\[0\]"):
         MQARDataModule(train_segments=[dict(input_seq_len=32, num_kv_pairs=2, num_examples=8)],
                        test_segments=[dict(input_seq_len=32, num_kv_pairs=9, num_examples=8)], vocab_size=V)
+
+
+def test_query_gap_puts_every_pair_that_far_back():
+    """With data.query_gap = G every query sits at least G tokens after the context, so the value it asks for
+    is more than G tokens back; the queries still cover every key once with its value as label."""
+    G, L_, D_ = 40, 96, 4
+    x, y = multiquery_ar(V, 300, L_, D_, seed=3, query_gap=G)
+    for i in range(300):
+        keys, values = x[i, 0:2 * D_:2], x[i, 1:2 * D_:2]
+        scored = np.flatnonzero(y[i] != IGNORE)
+        assert sorted(x[i, scored]) == sorted(keys) and len(scored) == D_
+        assert scored.min() >= 2 * D_ + G and ((scored - 2 * D_ - G) % 2 == 0).all()
+        assert dict(zip(x[i, scored], y[i, scored])) == dict(zip(keys, values))
+        filler = np.ones(L_, bool)
+        filler[:2 * D_] = False
+        filler[scored] = False
+        assert (x[i, filler] == 0).all()                                      # the gap holds filler only
+    # The slot law is the same, shifted: the first slot after the gap is still the most likely.
+    slots = (np.argwhere(y != IGNORE)[:, 1] - 2 * D_ - G) // 2
+    assert np.bincount(slots)[0] == np.bincount(slots).max()
+
+
+def test_query_gap_zero_is_the_zoology_layout_and_keeps_the_cache_names(tmp_path):
+    a = multiquery_ar(V, 50, L, D, seed=4)
+    b = multiquery_ar(V, 50, L, D, seed=4, query_gap=0)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    kw = dict(vocab_size=V, seed=0, power_a=0.01, num_passes=1, random_non_queries=False)
+    load_segment(tmp_path, MQARSegment(L, D, 10), "train", 0, **kw)
+    load_segment(tmp_path, MQARSegment(L, D, 10), "train", 0, query_gap=0, **kw)
+    # The file name is the md5 of the parameters as they were before the knob existed (version 1, no gap key).
+    params = dict(input_seq_len=L, num_kv_pairs=D, num_examples=10, vocab_size=V,
+                  seed=segment_seed(0, "train", 0), power_a=0.01, num_passes=1, random_non_queries=False, version=1)
+    name = hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest() + ".npz"
+    assert [p.name for p in (tmp_path / "mqar").iterdir()] == [name]
+    load_segment(tmp_path, MQARSegment(L, D, 10), "train", 0, query_gap=8, **kw)   # another segment, another file
+    assert len(list((tmp_path / "mqar").iterdir())) == 2
+
+
+@pytest.mark.parametrize("gap", [-1, 1.5, True, 64 - 8 - 8 + 1])
+def test_bad_query_gap_is_rejected_naming_the_key(gap):
+    with pytest.raises(ValueError, match=r"data\.query_gap"):
+        multiquery_ar(V, 2, 64, 4, seed=0, query_gap=gap)
+    with pytest.raises(ValueError, match=r"data\.query_gap"):
+        MQARDataModule(train_segments=[dict(input_seq_len=64, num_kv_pairs=4, num_examples=8)],
+                       test_segments=[dict(input_seq_len=64, num_kv_pairs=4, num_examples=8)], vocab_size=V,
+                       query_gap=gap)

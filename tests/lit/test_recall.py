@@ -37,6 +37,15 @@ def test_mqar_runs_end_to_end(tmp_path, model):
     assert module.segment_names == ["L32_D2", "L64_D8"]
 
 
+def test_one_test_segment_and_a_query_gap_run_end_to_end(tmp_path):
+    """A single test segment (its accuracy comes back 0-d from torchmetrics) and data.query_gap reach the run."""
+    metrics = train(cfg_for(tmp_path, "model=recall_tvq", "data.query_gap=16",
+                            "data.test_segments=[{input_seq_len:32,num_kv_pairs:2,num_examples:16}]"),
+                    tmp_path / "run")
+    assert metrics["step"] == 4 and 0 <= metrics["val/acc/L32_D2"] <= 1
+    assert metrics["val/acc"] == metrics["val/acc/L32_D2"]
+
+
 def test_accuracy_counts_only_query_positions(tmp_path):
     """An oracle that predicts the target everywhere scores 1; the loss ignores unmasked positions."""
     cfg = cfg_for(tmp_path)
@@ -68,6 +77,7 @@ def test_accuracy_counts_only_query_positions(tmp_path):
     (["model.mixer.ovq.growth=exp", "model=recall_sw_ovq"], "model.mixer.ovq.growth"),
     (["+model.ovq_n_max=8", "model=recall_sw_ovq"], "model.ovq_n_max is now model.mixer.ovq.n_max"),
     (["update_len=0"], "update_len"),
+    (["data.query_gap=25"], "data.query_gap"),
 ])
 def test_bad_recall_config_fails_naming_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -17,7 +17,7 @@ EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
 SWEEP_SIZES = {
     "tvq/ablation_codebook": 3, "tvq/sweep_block": 3, "tvq/ablation_cache": 2, "tvq/throughput": 18,
     "tvq/mini_codebook": 9, "tvq/mini_cache": 6, "tvq/mini_quadratic": 6, "tvq/mini_block": 9,
-    "longvq/mini_lm_compare": 6, "tvq/parity_official_tiny": 3, "recall/mqar_L64_D4": 14, "recall/mqar_L256_D16": 14, "recall/ovq_ablations": 6,
+    "longvq/mini_lm_compare": 6, "tvq/parity_official_tiny": 3, "tvq/mechanism_cache": 6, "recall/mqar_L64_D4": 14, "recall/mqar_L256_D16": 14, "recall/ovq_ablations": 6,
     **{f"longvq/baselines_{t}": 3 for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar")},
 }
 

@@ -64,14 +64,14 @@ class MQARDataModule(L.LightningDataModule):
 
     def __init__(self, train_segments, test_segments, vocab_size: int = 8192, batch_size: int = 64,
                  eval_batch_size: int | None = None, seed: int = 0, root: str | None = None,
-                 power_a: float = 0.01, num_passes: int = 1, random_non_queries: bool = False,
+                 power_a: float = 0.01, num_passes: int = 1, random_non_queries: bool = False, query_gap: int = 0,
                  limit_eval_bytes: int | None = None, num_workers: int = 0, **_ignored):
         super().__init__()
         self.train_specs = _segments(train_segments, "data.train_segments")
         self.test_specs = _segments(test_segments, "data.test_segments")
         for key, specs in (("data.train_segments", self.train_specs), ("data.test_segments", self.test_specs)):
             for i, sp in enumerate(specs):
-                check_segment(sp, vocab_size, num_passes, f"{key}[{i}]")
+                check_segment(sp, vocab_size, num_passes, f"{key}[{i}]", query_gap)
         for name, val in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"data.{name}={val!r} must be a positive integer")
@@ -79,7 +79,7 @@ class MQARDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed, self.root, self.limit_eval_bytes, self.num_workers = seed, root, limit_eval_bytes, num_workers
         self.gen_kw = dict(vocab_size=vocab_size, seed=seed, power_a=power_a, num_passes=num_passes,
-                           random_non_queries=random_non_queries)
+                           random_non_queries=random_non_queries, query_gap=query_gap)
         self._train = self._test = None
 
     @property

@@ -55,7 +55,8 @@ class RecallModule(LMModule):
             from ..data.mqar import check_segment
             for key in ("train_segments", "test_segments"):
                 for i, sp in enumerate(_segments(specs[key], f"data.{key}")):
-                    check_segment(sp, cfg.data.vocab_size, specs.get("num_passes", 1), f"data.{key}[{i}]")
+                    check_segment(sp, cfg.data.vocab_size, specs.get("num_passes", 1), f"data.{key}[{i}]",
+                                  specs.get("query_gap", 0))
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
 
@@ -101,8 +102,9 @@ class RecallModule(LMModule):
     def _log_recall(self, stage: str):
         out = self.recall.compute()   # synced over ranks
         self.recall.reset()
+        # torchmetrics squeezes a one-element result to 0-d: one test segment gives a scalar accuracy.
         accs = {self.segment_names[i] if i < len(self.segment_names) else f"seg{i}": float(a)
-                for i, a in enumerate(out["acc"]) if not torch.isnan(a)}
+                for i, a in enumerate(out["acc"].reshape(-1)) if not torch.isnan(a)}
         if not accs:
             return
         for name, a in accs.items():

@@ -9,6 +9,7 @@ lists its options. Without a family the language-model tables are built (``mini`
     parity        our curve against the official tiny configuration's (results/parity.py)
     expected      finished full-size runs inside / outside their expected band (results/expected.py)
     longctx       bits per byte against context (results/longctx.py)           make longctx
+    mechanism     compressive-cache mechanism experiment (results/mechanism.py)  make repro-mechanism
 
 New output goes to ``logs/results/<family>/`` unless ``--out`` says otherwise; the committed pages under
 ``experiments/`` change only through ``make refresh-results`` / ``make refresh-bench``.
@@ -19,7 +20,8 @@ import importlib
 import sys
 
 FAMILIES = {"mini": "mini", "recall": "recall", "lra": "lra", "lra-baseline": "lra_baseline",
-            "throughput": "throughput", "parity": "parity", "expected": "expected", "longctx": "longctx"}
+            "throughput": "throughput", "parity": "parity", "expected": "expected", "longctx": "longctx",
+            "mechanism": "mechanism"}
 
 
 def main(argv=None) -> None:

@@ -76,7 +76,8 @@ def _datasets(cfg, segments, passkeys, n_examples):
     for i, (L, D) in enumerate(segments):
         x, y = load_segment(None, MQARSegment(L, D, n_examples), "test", 1000 + i, vocab_size=cfg.data.vocab_size,
                             seed=cfg.seed, power_a=cfg.data.power_a, num_passes=cfg.data.num_passes,
-                            random_non_queries=cfg.data.random_non_queries)
+                            random_non_queries=cfg.data.random_non_queries,
+                            query_gap=cfg.data.get("query_gap", 0))
         yield "lengthgen", L, D, x, y
     for i, L in enumerate(passkeys):
         n = _passkey_count(n_examples, L)

@@ -185,6 +185,7 @@ class MQARData(_Common):
     power_a: float = 0.01                       # power-law parameter of the query gaps; > 0
     num_passes: int = 1                         # times the key-value pairs are shown; >= 1
     random_non_queries: bool = False            # fill non-query positions with random tokens
+    query_gap: int = 0                          # filler tokens between the context and the first query; >= 0
     train_segments: List[MQARSegment] = field(default_factory=list)   # the training mix; non-empty
     test_segments: List[MQARSegment] = field(default_factory=list)    # the test mix; non-empty
 
@@ -200,6 +201,7 @@ class MQARData(_Common):
         if not d.power_a > 0:
             fail("data.power_a", d.power_a, "must be > 0")
         positive_int("data.num_passes", d.num_passes)
+        nonneg_int("data.query_gap", d.query_gap)
         for key in ("train_segments", "test_segments"):
             if not d[key]:
                 fail(f"data.{key}", OmegaConf.to_container(d[key]), "must list at least one segment")
