@@ -24,14 +24,14 @@ SPEC = {s.name: s for s in SPECS}
 
 
 def fake_run(root: Path, name: str, *, n_code=64, block_len=64, agg_cache=True, attn_type="vq", seed=0,
-             bpb=2.0, tags=("mini",), steps=(100, 200), sequence_len=2048) -> Path:
-    d = root / f"{attn_type}-S{n_code}-L{block_len}-cache_{agg_cache}-seed{seed}"
+             bpb=2.0, tags=("mini",), steps=(100, 200), sequence_len=2048, arch=None, ssm=None) -> Path:
+    d = root / f"{arch or attn_type}{'-' + ssm if ssm else ''}-S{n_code}-L{block_len}-cache_{agg_cache}-seed{seed}"
     (d / "csv" / "version_0").mkdir(parents=True)
     (d / "checkpoints").mkdir()
     (d / "checkpoints" / "last.ckpt").write_bytes(b"x")
     cfg = {"name": name, "seed": seed, "tags": list(tags), "sequence_len": sequence_len, "data": {"name": "wiki_sample"},
            "model": {"attn_type": attn_type, "head_type": "shga", "n_code": n_code, "block_len": block_len,
-                     "agg_cache": agg_cache}}
+                     "agg_cache": agg_cache, **({"arch": arch} if arch else {}), **({"ssm": ssm} if ssm else {})}}
     (d / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (d / "DONE").write_text(json.dumps({"val/bpb": bpb, "val/loss": bpb * 0.69, "step": steps[-1]}))
     with (d / "csv" / "version_0" / "metrics.csv").open("w", newline="") as f:
@@ -72,6 +72,18 @@ def test_tables_select_by_config_and_judge_paired_differences_against_the_predic
              for L, seed, b in [(64, 0, 2.0), (64, 1, 2.1), (32, 0, 2.01), (32, 1, 2.09)]]
     row = summarize(SPEC["mini_block"], mixed)[0]
     assert row["verdict"] == "unresolved" and row["resolves"] == "" and row["predicted"] == ""   # no paper effect
+
+
+def test_the_longvq_comparison_tells_the_no_ssm_ablation_from_longvq_and_transformer_vq(tmp_path):
+    runs = [load_run(fake_run(tmp_path, "longvq/mini_lm_compare", arch=arch, ssm=ssm, seed=seed, sequence_len=1024,
+                              bpb=b + seed / 100))
+            for arch, ssm, b in [("longvq", "ema", 2.0), ("longvq", "none", 2.1), ("transformer_vq", None, 2.05)]
+            for seed in (0, 1)]
+    rows = {r["arm"]: r for r in summarize(SPEC["mini_lm_compare"], runs)}
+    assert set(rows) == {"longvq/ssm=ema", "longvq/ssm=none", "transformer_vq"}
+    assert rows["longvq/ssm=ema"]["verdict"] == "reference"
+    assert rows["longvq/ssm=none"]["verdict"] == "agrees (worse)" and rows["transformer_vq"]["verdict"] == "worse"
+    assert not summarize(SPEC["mini_cache"], runs)          # 1024-byte LongVQ runs are no cache arm
 
 
 def test_make_results_archives_runs_and_writes_tables_and_plots(tmp_path):

@@ -24,6 +24,12 @@ def _num(x: str | None) -> float | None:
         return None
 
 
+def _variant(model: dict) -> str:
+    """The architecture, with the SSM named for LongVQ (``longvq/ssm=none`` is its no-SSM ablation)."""
+    arch = model.get("arch") or "transformer_vq"
+    return arch if model.get("ssm") is None else f"{arch}/ssm={model['ssm']}"
+
+
 def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict | None = None) -> dict:
     model, data = cfg.get("model", {}), cfg.get("data", {})
     curves = {k: [(int(float(r["step"])), _num(r[k])) for r in rows if _num(r.get(k)) is not None] for k in CURVES}
@@ -31,7 +37,7 @@ def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict 
         "source": source, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []), "seed": cfg.get("seed"),
         "task": cfg.get("task", "lm"), "data": data.get("name"), "data_task": data.get("task"),
         "data_source": data.get("source"), "arch": model.get("arch"), "d_model": model.get("d_model"),
-        "ssm": model.get("ssm"), "attn_type": model.get("attn_type"),
+        "ssm": model.get("ssm"), "attn_type": model.get("attn_type"), "variant": _variant(model),
         "head_type": model.get("head_type"), "n_code": model.get("n_code"), "block_len": model.get("block_len"),
         "agg_cache": model.get("agg_cache"), "sequence_len": cfg.get("sequence_len"),
         "step": final.get("step"), "val_bpb": final.get("val/bpb"), "val_loss": final.get("val/loss"),

@@ -26,6 +26,7 @@ FIGURES = {  # table -> (figure stem, kind)
     "mini_cache": [("mini_cache_curves", "curves")],
     "mini_quadratic": [("mini_quadratic_curves", "curves")],
     "mini_block": [("mini_block_curves", "curves"), ("bpb_vs_block", "final")],
+    "mini_lm_compare": [("mini_lm_compare_curves", "curves")],
     "enwik8": [("enwik8_curves", "curves")],
     "ablation_codebook": [("ablation_codebook_curves", "curves"), ("ablation_bpb_vs_codebook", "final")],
     "ablation_cache": [("ablation_cache_curves", "curves")],

@@ -49,6 +49,8 @@ TABLE_NOTES = {
     "cache": f"enwik8 val bpb {CACHE_VAL_BPB[True]:.3f} with the cache, {CACHE_VAL_BPB[False]:.3f} without (S = 256)",
     "quadratic": "no same-size quadratic row on enwik8 is known",
     "block": "not a paper table",
+    "lm_compare": ("LongVQ reports enwik8 / WikiText-103 language modelling beside LRA, but no same-size "
+                   "comparison with Transformer-VQ or without the SSM (docs/longvq.md)"),
     "enwik8": f"Transformer-VQ {ENWIK8_TEST_BPB} test bpb (abstract)",
 }
 

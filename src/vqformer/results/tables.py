@@ -47,6 +47,9 @@ SPECS = [
               predicted={"full": "better"}),
     TableSpec("mini_block", "Block length L = M (CPU mini, wiki_sample, S = 64)", "block_len",
               dict(MINI, attn_type="vq", agg_cache=True, n_code=64), 64, paper.TABLE_NOTES["block"]),
+    TableSpec("mini_lm_compare", "LongVQ vs Transformer-VQ vs LongVQ without its SSM (CPU mini, wiki_sample, "
+              "~1.9M parameters each)", "variant", dict(tags="mini", data="wiki_sample", sequence_len=1024),
+              "longvq/ssm=ema", paper.TABLE_NOTES["lm_compare"], predicted={"longvq/ssm=none": "worse"}),
     TableSpec("enwik8", "enwik8, 190M: Transformer-VQ and the quadratic baseline", "attn_type",
               dict(data="enwik8", n_code=512, block_len=512, agg_cache=True), "vq", paper.TABLE_NOTES["enwik8"]),
     TableSpec("ablation_codebook", "enwik8 codebook-size ablation", "n_code",
