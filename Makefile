@@ -136,8 +136,9 @@ longctx: install ## bits per byte against evaluation context (256 ... 65,536, wh
 bench: install ## throughput benchmark, reduced CPU grid (< 20 min) -> $(OUT)/bench/cpu; ARGS=bench=gpu for the GPU grid
 	$(PY) -m vqformer.bench bench=cpu_quick out_root=$(OUT)/bench $(ARGS)
 
-refresh-results: install ## write the newest tables into the committed pages (experiments/mini, experiments/recall) and show what changed
+refresh-results: install ## write the newest tables into the committed pages (experiments/mini, long_context, recall) and show what changed
 	$(PY) -m vqformer.results mini --logs logs --archive-new --out experiments/mini
+	if [ -f $(OUT)/results/longctx/tables.md ]; then mkdir -p experiments/long_context && for f in tables.md summary.csv runs.csv longctx.png; do cp $(OUT)/results/longctx/$$f experiments/long_context/; done; fi
 	if [ -f $(OUT)/results/recall/runs.csv ]; then $(PY) -m vqformer.results recall --from-csv $(OUT)/results/recall/runs.csv --out experiments/recall; fi
 	if [ -f $(OUT)/results/recall/ablations/runs.csv ]; then $(PY) -m vqformer.results recall --from-csv $(OUT)/results/recall/ablations/runs.csv --out experiments/recall/ablations; fi
 	git status --short -- experiments; git diff --stat -- experiments
