@@ -124,8 +124,8 @@ def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (["repro-mechanism"], ["-m vqformer.train -m experiment=tvq/mechanism_cache hardware=auto",
                            "-m vqformer.results mechanism --out logs/results/mechanism"]),
     (["data-lra", "TASK=listops"], ["-m vqformer.repro data experiment=longvq/lra_listops"]),
-    (["longctx", "OUT=/tmp/o", "ARGS=--max-full-context 65536"],
-     ["-m vqformer.results longctx --out /tmp/o/results/longctx --max-full-context 65536"]),
+    (["longctx", "OUT=elsewhere", "ARGS=--max-full-context 65536"],
+     ["-m vqformer.results longctx --out elsewhere/results/longctx --max-full-context 65536"]),
     (["data-pg19"], ["-m vqformer.data.prepare pg19 --root data"]),
 ])
 def test_dry_run_prints_the_page_command(tmp_path, args, expected):

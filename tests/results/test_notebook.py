@@ -37,16 +37,16 @@ def pngs(nb) -> list[Image.Image]:
     return images
 
 
-def codebook_table() -> str:
+def cache_table() -> str:
     records = [load_run(d) for d in run_dirs([ROOT / "experiments"])]
-    return to_markdown(SPEC["mini_codebook"], summarize(SPEC["mini_codebook"], records))
+    return to_markdown(SPEC["mini_cache"], summarize(SPEC["mini_cache"], records))
 
 
 def test_default_sweep_shows_the_package_table_and_figures():
     nb = execute(NOTEBOOK, ROOT, RUNS=[str(ROOT / "experiments")])
-    assert outputs(nb, "text/markdown") == [codebook_table()]
-    assert "| 16 | 2 | 400 |" in codebook_table()       # the archive's three arms, 2 seeds, 400 updates
-    assert len(pngs(nb)) == len(FIGURES["mini_codebook"]) == 3
+    assert outputs(nb, "text/markdown") == [cache_table()]
+    assert "| False | 3 | 800 |" in cache_table()       # the archive's cache-off arm, 3 seeds, 800 updates
+    assert len(pngs(nb)) == len(FIGURES["mini_cache"]) == 1
 
 
 @pytest.mark.parametrize("sweep", ["parity", "recall"])
@@ -100,9 +100,9 @@ def test_committed_notebook_holds_the_outputs_of_the_committed_record():
     """Regenerate with: python -m vqformer.results.notebook --runs experiments --out notebooks/compare_runs.ipynb"""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert params.startswith('SWEEP = "mini_codebook"')
+    assert params.startswith('SWEEP = "mini_cache"')
     assert [c.source.splitlines()[1:] for c in nb.cells if INJECTED in c.metadata.get("tags", [])] == \
         [["RUNS = ['experiments']"]]
-    assert outputs(nb, "text/markdown") == [codebook_table()], "stale outputs: regenerate (see docstring)"
-    assert len(pngs(nb)) == 3 and NOTEBOOK.stat().st_size < 150_000
+    assert outputs(nb, "text/markdown") == [cache_table()], "stale outputs: regenerate (see docstring)"
+    assert len(pngs(nb)) == 1 and NOTEBOOK.stat().st_size < 150_000
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]   # no warnings

@@ -145,7 +145,7 @@ def test_every_family_rebuilds_from_the_committed_record_without_touching_it(tmp
     out = tmp_path / "logs" / "results"
     rows = lambda p: [line for line in p.read_text().splitlines() if line.startswith(("|", "###"))]
     assert rows(out / "mini" / "tables.md") == rows(tmp_path / "experiments" / "mini" / "tables.md")
-    assert len(rows(out / "mini" / "tables.md")) == 7 + 4 * 2 + 10    # headings, table heads, 10 mini arms
+    assert len(rows(out / "mini" / "tables.md")) == 8 + 5 * 2 + 9     # headings, 5 table heads, 9 mini arms
     for name in ("mini_codebook.csv", "mini_block.csv"):
         assert (out / "mini" / name).read_bytes() == (REPO / "experiments" / "mini" / name).read_bytes()
     assert (out / "mini" / "bpb_vs_codebook.png").stat().st_size > 1000

@@ -5,6 +5,7 @@ metrics and the logged curves (validation bits per byte and codebook usage again
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -44,6 +45,25 @@ def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict 
         "curves": curves,
         "scores": scores or {},   # whole-split scores of `vqformer.evaluate` (e.g. test/bpb), when it was run
     }
+
+
+def archive_parser(family: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every archived family shares: where runs live, the committed archive, the output folder."""
+    ap = argparse.ArgumentParser(prog=f"python -m vqformer.results {family}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logs", type=Path, default=Path("logs"), help="where training runs live (default: logs)")
+    ap.add_argument("--archive", type=Path, default=Path(f"experiments/{family}/runs"),
+                    help=f"committed copy of the runs' logs (default: experiments/{family}/runs)")
+    ap.add_argument("--out", type=Path, default=Path(f"logs/results/{family}"),
+                    help=f"tables and plots go here (default: logs/results/{family})")
+    ap.add_argument("--archive-new", action="store_true",
+                    help="first copy the runs found under --logs into --archive (the committed record)")
+    return ap
+
+
+def runs_named(roots: list[Path], name: str) -> list[Path]:
+    """The finished runs under the roots whose experiment ``name`` is this one."""
+    return [d for d in run_dirs(roots) if OmegaConf.load(d / "config.yaml").get("name") == name]
 
 
 def run_dirs(roots: list[Path]) -> list[Path]:

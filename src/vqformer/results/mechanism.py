@@ -19,7 +19,6 @@ in the set with probability at most D / (V/2)).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -31,7 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
-from .collect import archive, run_dirs
+from .collect import archive, archive_parser, runs_named
 from .stats import paired_ci
 
 NAME = "tvq/mechanism_cache"
@@ -213,19 +212,11 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def mechanism_runs(roots: list[Path]) -> list[Path]:
-    return [d for d in run_dirs(roots) if OmegaConf.load(d / "config.yaml").get("name") == NAME]
+    return runs_named(roots, NAME)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m vqformer.results mechanism", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logs", type=Path, default=Path("logs"), help="where training runs live (default: logs)")
-    ap.add_argument("--archive", type=Path, default=Path("experiments/mechanism/runs"),
-                    help="committed copy of the runs' logs (default: experiments/mechanism/runs)")
-    ap.add_argument("--out", type=Path, default=Path("logs/results/mechanism"),
-                    help="table and plot go here (default: logs/results/mechanism)")
-    ap.add_argument("--archive-new", action="store_true",
-                    help="first copy the runs found under --logs into --archive (the committed record)")
+    ap = archive_parser("mechanism", __doc__)
     args = ap.parse_args(argv)
 
     new = mechanism_runs([args.logs])

@@ -11,13 +11,11 @@ By default nothing under ``experiments/`` is written: the committed archive is r
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 from ..data.files import atomic_write_text
 from ..provenance import git_commit
 from . import expected, plots
-from .collect import archive, load_run, load_wandb, run_dirs
+from .collect import archive, archive_parser, load_run, load_wandb, run_dirs
 from .tables import SPECS, summarize, to_csv, to_markdown
 
 FIGURES = {  # table -> (figure stem, kind)
@@ -34,15 +32,7 @@ FIGURES = {  # table -> (figure stem, kind)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m vqformer.results mini", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logs", type=Path, default=Path("logs"), help="where training runs live (default: logs)")
-    ap.add_argument("--archive", type=Path, default=Path("experiments/mini/runs"),
-                    help="committed copy of the mini runs' logs (default: experiments/mini/runs)")
-    ap.add_argument("--out", type=Path, default=Path("logs/results/mini"),
-                    help="tables and plots go here (default: logs/results/mini)")
-    ap.add_argument("--archive-new", action="store_true",
-                    help="first copy the mini runs found under --logs into --archive (the committed record)")
+    ap = archive_parser("mini", __doc__)
     ap.add_argument("--wandb-project", help="also read the finished runs of this W&B project")
     ap.add_argument("--wandb-entity")
     ap.add_argument("--no-local", action="store_true", help="read no run directories (with --wandb-project)")

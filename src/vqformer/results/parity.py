@@ -11,7 +11,6 @@ per-update curves, the official window means as horizontal segments).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
-from .collect import archive, run_dirs
+from .collect import archive, archive_parser, runs_named
 
 NAME = "tvq/parity_official_tiny"
 # Updates are numbered from 0, as in the official loop (steps 0..200); a window includes both ends.
@@ -150,19 +149,11 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def parity_runs(roots: list[Path]) -> list[Path]:
-    return [d for d in run_dirs(roots) if OmegaConf.load(d / "config.yaml").get("name") == NAME]
+    return runs_named(roots, NAME)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m vqformer.results parity", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logs", type=Path, default=Path("logs"), help="where training runs live (default: logs)")
-    ap.add_argument("--archive", type=Path, default=Path("experiments/parity/runs"),
-                    help="committed copy of the parity runs' logs (default: experiments/parity/runs)")
-    ap.add_argument("--out", type=Path, default=Path("logs/results/parity"),
-                    help="table and plot go here (default: logs/results/parity)")
-    ap.add_argument("--archive-new", action="store_true",
-                    help="first copy the parity runs found under --logs into --archive (the committed record)")
+    ap = archive_parser("parity", __doc__)
     args = ap.parse_args(argv)
 
     new = parity_runs([args.logs])
