@@ -18,7 +18,7 @@ ARCHIVED = ("config.yaml", "DONE", "git.json", "csv/version_0/metrics.csv", *EVA
 CURVES = ("val/bpb", "train/bpb", "vq/code_perplexity", "vq/unused_codes")
 
 
-def _num(x: str | None) -> float | None:
+def num(x: str | None) -> float | None:
     try:
         return float(x)
     except (TypeError, ValueError):
@@ -33,7 +33,7 @@ def _variant(model: dict) -> str:
 
 def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict | None = None) -> dict:
     model, data = cfg.get("model", {}), cfg.get("data", {})
-    curves = {k: [(int(float(r["step"])), _num(r[k])) for r in rows if _num(r.get(k)) is not None] for k in CURVES}
+    curves = {k: [(int(float(r["step"])), num(r[k])) for r in rows if num(r.get(k)) is not None] for k in CURVES}
     return {
         "source": source, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []), "seed": cfg.get("seed"),
         "task": cfg.get("task", "lm"), "data": data.get("name"), "data_task": data.get("task"),
@@ -64,6 +64,12 @@ def archive_parser(family: str, doc: str | None) -> argparse.ArgumentParser:
 def runs_named(roots: list[Path], name: str) -> list[Path]:
     """The finished runs under the roots whose experiment ``name`` is this one."""
     return [d for d in run_dirs(roots) if OmegaConf.load(d / "config.yaml").get("name") == name]
+
+
+def with_archive(new: list[Path], archived: list[Path]) -> list[Path]:
+    """The runs found under logs/, then the archived runs of other folder names (a rerun replaces its record)."""
+    names = {d.name for d in new}
+    return new + [d for d in archived if d.name not in names]
 
 
 def run_dirs(roots: list[Path]) -> list[Path]:

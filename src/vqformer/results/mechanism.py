@@ -30,7 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
-from .collect import archive, archive_parser, runs_named
+from .collect import archive, archive_parser, num, runs_named, with_archive
 from .stats import paired_ci
 
 NAME = "tvq/mechanism_cache"
@@ -41,13 +41,6 @@ ARMS = {True: "cache", False: "no cache"}
 DETAIL = "recall_detail.json"
 
 
-def _float(x: str | None) -> float | None:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
 def load(run_dir: Path) -> dict:
     """Arm, seed, final test accuracy, chance level and validation accuracy per number of updates trained."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -56,7 +49,7 @@ def load(run_dir: Path) -> dict:
         rows = list(csv.DictReader(f))
     curve = {}
     for r in rows:
-        if (v := _float(r.get("val/acc"))) is not None:
+        if (v := num(r.get("val/acc"))) is not None:
             # Lightning logs a validation inside fit at the last update's index (after k updates: k - 1), the
             # closing validation at the final global step; both are keyed by updates trained.
             step = int(r["step"])
@@ -229,8 +222,7 @@ def main(argv=None) -> None:
             dest = archive(run_dir, args.archive)
             if (run_dir / DETAIL).exists():
                 shutil.copy2(run_dir / DETAIL, dest / DETAIL)
-    names = {d.name for d in new}
-    runs = [load(d) for d in new] + [load(d) for d in mechanism_runs([args.archive]) if d.name not in names]
+    runs = [load(d) for d in with_archive(new, mechanism_runs([args.archive]))]
     print(f"[results] {len(runs)} finished mechanism runs")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "mechanism.csv", to_csv(runs))

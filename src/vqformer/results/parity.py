@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..data.files import atomic_write_text
-from .collect import archive, archive_parser, runs_named
+from .collect import archive, archive_parser, num, runs_named, with_archive
 
 NAME = "tvq/parity_official_tiny"
 # Updates are numbered from 0, as in the official loop (steps 0..200); a window includes both ends.
@@ -32,25 +32,18 @@ OFFICIAL_VAL = 2.736
 VAL_AFTER = 200
 
 
-def _float(x: str | None) -> float | None:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
 def load(run_dir: Path) -> dict:
     """Seed, training loss per update (0-based) and validation CE per number of updates trained."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     final = json.loads((run_dir / "DONE").read_text())
-    train = {int(r["step"]): v for r in rows if (v := _float(r.get("train/loss"))) is not None}
+    train = {int(r["step"]): v for r in rows if (v := num(r.get("train/loss"))) is not None}
     # Lightning logs a validation inside fit with the index of the last update (after k updates: step k - 1)
     # and the runner's closing validation with the final global step; both are keyed by updates trained.
     val = {}
     for r in rows:
-        if (v := _float(r.get("val/loss"))) is not None:
+        if (v := num(r.get("val/loss"))) is not None:
             step = int(r["step"])
             val[step if step == final.get("step") else step + 1] = v
     return {"dir": run_dir, "seed": cfg.seed, "name": cfg.name, "train": train, "val": val,
@@ -160,8 +153,7 @@ def main(argv=None) -> None:
     if args.archive_new:
         for run_dir in new:
             archive(run_dir, args.archive)
-    names = {d.name for d in new}
-    runs = [load(d) for d in new] + [load(d) for d in parity_runs([args.archive]) if d.name not in names]
+    runs = [load(d) for d in with_archive(new, parity_runs([args.archive]))]
     print(f"[results] {len(runs)} finished parity runs")
     rows = summarize(runs)
     args.out.mkdir(parents=True, exist_ok=True)
