@@ -8,10 +8,12 @@ and lets Lightning start the second process.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,26 +37,35 @@ def _free_port() -> int:
 
 
 def launch(out: Path, world: int, mode: str, run_dir: Path, *overrides: str, timeout: int = 300) -> list[dict]:
-    """Runs ``world`` ranks of the worker (one process each) and returns their records, rank 0 first."""
+    """Runs ``world`` ranks of the worker (one process each) and returns their records, rank 0 first.
+
+    Every rank is watched: one that fails stops the others at once (a crashed rank would otherwise leave the
+    rest waiting for it in the process group) and the failure shows each rank's own log.
+    """
     out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     base = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     if world > 1:
         base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0")
-    procs = []
+    procs, logs = [], [out / f"rank{rank}.log" for rank in range(world)]
     for rank in range(world):
         env = {**base, **({"RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else {})}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), mode, str(run_dir), *overrides],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
+        with open(logs[rank], "w") as log:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), mode, str(run_dir), *overrides],
+                                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
     try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.1)
     finally:
         for p in procs:
             p.kill()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
+            p.wait()
+    failed = [r for r, p in enumerate(procs) if p.returncode != 0]
+    assert not failed, "".join(f"\n--- rank {r} (exit {procs[r].returncode}) ---\n{logs[r].read_text()[-3000:]}"
+                               for r in range(world))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -65,6 +76,42 @@ def lm_cfg(tmp_path: Path, world: int, *extra: str) -> list[str]:
 
 def codebooks(params: dict) -> dict:
     return {k: v for k, v in params.items() if k.endswith(("c_sum", "c_count"))}
+
+
+def _start(rank: int, barrier, base: Path, n: int, failures) -> None:
+    os.environ["RANK"] = str(rank)   # what torchrun, Lightning's launcher or SLURM gives each process
+    from omegaconf import OmegaConf
+
+    from vqformer.lit.runner import start_run_dir
+    for i in range(n):
+        barrier.wait()
+        try:
+            start_run_dir(OmegaConf.create({"seed": 0}), base / f"run{i}", base / f"run{i}" / "checkpoints")
+        except Exception as e:
+            failures.put(f"rank {rank}, run {i}: {e!r}")
+
+
+def test_ranks_starting_a_run_together_do_not_race_on_its_directory(tmp_path):
+    """All ranks enter the harness at the same moment. Rank zero alone probes the checkpoint directory
+    (making and removing it) and writes config.yaml; a second prober used to find the directory gone under it
+    (FileNotFoundError in about a third of the starts, a 2-rank CI run hung waiting for the crashed rank)."""
+    n = 40
+    for i in range(n):
+        (tmp_path / f"run{i}").mkdir()
+    ctx = multiprocessing.get_context("fork")
+    barrier, failures = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_start, args=(rank, barrier, tmp_path, n, failures)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert not errors, errors
+    for i in range(n):   # each run directory written once, the probe's directory removed again
+        assert sorted(p.name for p in (tmp_path / f"run{i}").iterdir()) == ["config.yaml", "git.json"]
 
 
 @pytest.fixture(scope="module")

@@ -117,5 +117,8 @@ def check_writable(ckpt_dir: Path) -> None:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({e.strerror or e}): "
                               "fix its permissions, quota or mount before training") from None
     remove_stale_temporaries(ckpt_dir)
-    for p in made:   # innermost first
-        p.rmdir()
+    for p in made:   # innermost first; one that another process has filled or removed meanwhile stays
+        try:
+            p.rmdir()
+        except OSError:
+            break

@@ -161,12 +161,21 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
             lock.release()
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: list) -> dict:
-    done = run_dir / DONE
-    check_writable(ckpt_dir)   # an unwritable checkpoint directory stops the run before any work
-    L.seed_everything(cfg.seed, workers=True)
+def start_run_dir(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> None:
+    """Rank zero probes the checkpoint directory (an unwritable one stops the run before any work) and
+    writes config.yaml and git.json. The other ranks write nothing: they start at the same moment, and a
+    second probe would race the first one's removal of the directory it made (tests/lit/test_ddp.py)."""
+    if not is_rank_zero():
+        return
+    check_writable(ckpt_dir)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     atomic_write_bytes(run_dir / "git.json", json.dumps(git_commit(), indent=1).encode())
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: list) -> dict:
+    done = run_dir / DONE
+    start_run_dir(cfg, run_dir, ckpt_dir)
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0:
         hw = cfg.trainer   # resolved (hardware=auto): the line says what this machine gave the run
