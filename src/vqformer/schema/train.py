@@ -20,7 +20,7 @@ class TrainSchema:
     task: str = "lm"                    # lm | classify | recall: the LightningModule (vqformer/lit/tasks.py)
     name: str = "default"               # experiment name: W&B group and <log_dir>/runs/<name>/...
     seed: int = 0                       # >= 0
-    sequence_len: int = 256             # T: tokens per training sequence; >= 1
+    sequence_len: int = 2048            # T: tokens per training sequence; >= 1
     update_len: int = 256               # tokens per optimizer update; divides sequence_len
     micro_batch_size: Optional[int] = None  # null: whole batch; else divides data.batch_size
     eval_window: int = 256              # evaluation window, state carried; divides the evaluation length
