@@ -362,3 +362,20 @@ def test_refresh_results_archives_new_runs_rebuilds_the_pages_and_shows_the_diff
     assert "| 1024 | 2 | 200 | 3.0000" in (repo / "experiments/mini/tables.md").read_text()
     assert "experiments/mini/tables.md" in out and "experiments/recall/results.csv" in out
     assert (repo / "experiments/recall/runs.csv").read_text() == "".join(runs[:40])
+
+
+def test_curves_are_against_updates_when_a_batch_makes_several(tmp_path):
+    """128-byte sequences in four 32-byte update windows: Lightning logs each row against its batch, the curves
+    put it at its update (the one train/tokens_seen has counted up to), the final validation at the last."""
+    from conftest import read_metrics, tiny_cfg
+    from vqformer.lit.runner import train
+
+    run_dir = tmp_path / "run"
+    train(tiny_cfg(tmp_path, "sequence_len=128", "trainer.max_steps=16", "trainer.val_check_interval=2",
+                   "trainer.log_every_n_steps=1", "ckpt_every=8"), run_dir)
+    rec, rows = load_run(run_dir), read_metrics(run_dir)
+    per_update = 4 * 32   # batch 4 × 32 tokens, none padded
+    counted = [int(float(r["train/tokens_seen"])) // per_update - 1 for r in rows if r["train/bpb"]]
+    assert [s for s, _ in rec["curves"]["train/bpb"]] == counted == [3, 7, 11, 15]
+    # After 2 and 4 batches (updates 8 and 16, 0-based 7 and 15), then the final validation after fit.
+    assert [s for s, _ in rec["curves"]["val/bpb"]] == [7, 15, 16] and rec["step"] == 16

@@ -41,6 +41,21 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
     return list(reader.fieldnames or []), rows
 
 
+def update_index(logged_step: int, per_batch: int, final_step: int | None) -> int:
+    """The update a logged row belongs to. Lightning logs against batches: during fit the 0-based index of
+    the batch, after it (the final validation) the number of batches. A language-model batch makes
+    sequence_len / update_len updates, so a row during fit is the batch's last update, 0-based (as in runs of
+    one window per batch), and the final validation is the run's final step."""
+    if final_step is not None and logged_step * per_batch == final_step:
+        return final_step
+    return (logged_step + 1) * per_batch - 1
+
+
+def updates_per_batch(cfg: dict) -> int:
+    T, W = cfg.get("sequence_len"), cfg.get("update_len")
+    return T // W if cfg.get("task", "lm") == "lm" and isinstance(T, int) and isinstance(W, int) and T > W else 1
+
+
 class MetricsWriter:
     """The ``experiment`` of :class:`CompleteCSVLogger` (same interface as Lightning's writer)."""
 

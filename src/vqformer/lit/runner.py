@@ -33,6 +33,7 @@ from ..provenance import git_commit
 from .atomic import atomic_write_bytes
 from .checkpoint import ModelStamp, config_model_hash
 from .checkpoint_io import AtomicCheckpointIO, check_writable, resume_path
+from .csv_log import updates_per_batch
 from .guard import Diverged
 from .lock import RunLock
 from .preemption import Preempted, Preemption
@@ -227,7 +228,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, callbacks: lis
             for lg in loggers:
                 if isinstance(lg, WandbLogger) and mode != "disabled":
                     try:   # the run is finished and DONE written: a failed plot only costs the image
-                        log_curves(lg, run_dir)
+                        log_curves(lg, run_dir, updates_per_batch(OmegaConf.to_container(cfg, resolve=True)),
+                                   trainer.global_step)
                     except Exception as e:
                         print(f"[vqformer] warning: the curves image was not logged to W&B: {e}")
         return metrics

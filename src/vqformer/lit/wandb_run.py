@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from .csv_log import update_index
+
 DEFAULT_HOST = "https://api.wandb.ai"
 
 # flat key -> dotted path in the composed config (absent paths are left out: not every model has every knob)
@@ -92,8 +94,9 @@ def wandb_mode(mode: str, env=None) -> str:
     return "online" if found else "offline"
 
 
-def plot_curves(metrics_csv: Path, out: Path) -> Path | None:
-    """The run's loss / bpb curves from its metrics.csv as a PNG (None when there is nothing to draw)."""
+def plot_curves(metrics_csv: Path, out: Path, per_batch: int = 1, final_step: int | None = None) -> Path | None:
+    """The run's loss / bpb curves from its metrics.csv as a PNG (None when there is nothing to draw), against
+    the update (``per_batch`` updates per logged batch: csv_log.update_index)."""
     if not metrics_csv.is_file():
         return None
     series: dict[str, list[tuple[int, float]]] = {}
@@ -101,7 +104,8 @@ def plot_curves(metrics_csv: Path, out: Path) -> Path | None:
         for row in csv.DictReader(f):
             for key in CURVES:
                 if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
-                    series.setdefault(key, []).append((int(float(row["step"])), float(row[key])))
+                    step = update_index(int(float(row["step"])), per_batch, final_step)
+                    series.setdefault(key, []).append((step, float(row[key])))
     if not series:
         return None
     import matplotlib
@@ -124,9 +128,10 @@ def plot_curves(metrics_csv: Path, out: Path) -> Path | None:
     return out
 
 
-def log_curves(logger, run_dir: Path) -> Path | None:
+def log_curves(logger, run_dir: Path, per_batch: int = 1, final_step: int | None = None) -> Path | None:
     """Log the curves image to the W&B run of ``logger`` (a WandbLogger) as media ``plots/curves``."""
-    png = plot_curves(run_dir / "csv" / "version_0" / "metrics.csv", run_dir / "plots" / "curves.png")
+    png = plot_curves(run_dir / "csv" / "version_0" / "metrics.csv", run_dir / "plots" / "curves.png",
+                      per_batch, final_step)
     if png is not None:
         logger.log_image(key="plots/curves", images=[str(png)])
     return png

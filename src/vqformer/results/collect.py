@@ -1,7 +1,7 @@
 """Finished runs as flat records, from run directories (config.yaml + DONE + CSV log) or from W&B.
 
 A record holds what the tables need: the knobs that tell arms apart, the seed, the final validation
-metrics and the logged curves (validation bits per byte and codebook usage against the step).
+metrics and the logged curves (validation bits per byte and codebook usage against the optimizer update).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from ..lit.csv_log import update_index, updates_per_batch
 
 EVALS = ("eval_validation.json", "eval_test.json")   # `python -m vqformer.evaluate` on the run's own data
 ARCHIVED = ("config.yaml", "DONE", "git.json", "csv/version_0/metrics.csv", *EVALS)   # what `archive` keeps of a run
@@ -33,7 +35,9 @@ def _variant(model: dict) -> str:
 
 def _record(cfg: dict, final: dict, rows: list[dict], source: str, scores: dict | None = None) -> dict:
     model, data = cfg.get("model", {}), cfg.get("data", {})
-    curves = {k: [(int(float(r["step"])), num(r[k])) for r in rows if num(r.get(k)) is not None] for k in CURVES}
+    per_batch, final_step = updates_per_batch(cfg), final.get("step")
+    curves = {k: [(update_index(int(float(r["step"])), per_batch, final_step), num(r[k]))
+                  for r in rows if num(r.get(k)) is not None] for k in CURVES}
     return {
         "source": source, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []), "seed": cfg.get("seed"),
         "task": cfg.get("task", "lm"), "data": data.get("name"), "data_task": data.get("task"),
