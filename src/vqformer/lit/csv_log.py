@@ -52,6 +52,8 @@ def update_index(logged_step: int, per_batch: int, final_step: int | None) -> in
 
 
 def updates_per_batch(cfg: dict) -> int:
+    """A language-model batch is cut into sequence_len / update_len windows, one update each; the other tasks
+    make one update per batch (their update_len is not a window of the batch)."""
     T, W = cfg.get("sequence_len"), cfg.get("update_len")
     return T // W if cfg.get("task", "lm") == "lm" and isinstance(T, int) and isinstance(W, int) and T > W else 1
 
