@@ -29,12 +29,16 @@ def steady_faults(step, warm=12):
     # (measured: 7 steps of 64 MiB); from then on the heap is in a steady state.
     for _ in range(warm):
         step()
+    # Per step, and the median of five: now and then one step faults a few dozen pages of interpreter-level
+    # noise (measured: 38-55 in one step of ten runs), which must not read as a per-step cost at small T.
     rss0 = int(open("/proc/self/statm").read().split()[1])
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(2):
+    faults = []
+    for _ in range(5):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         step()
-    return {"faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 2,
-            "rss_growth_pages": int(open("/proc/self/statm").read().split()[1]) - rss0}
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {"faults": sorted(faults)[2],
+            "rss_growth_pages_per_step": (int(open("/proc/self/statm").read().split()[1]) - rss0) / 5}
 
 out = {}
 for n in sizes:
@@ -59,7 +63,8 @@ print(json.dumps(out))
 
 
 def steady_faults(policy: str, what: str, sizes, mmap_threshold: int | None = None) -> dict[int, dict]:
-    """Per size: minor faults of one step after the warm-up, and the resident pages added by two steps."""
+    """Per size: minor faults of a step after the warm-up (median of five), and the resident pages those
+    steps added, per step."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
     env["OMP_NUM_THREADS"] = "1"
     if mmap_threshold is not None:
@@ -78,7 +83,7 @@ def test_a_kept_heap_reuses_buffers_above_glibcs_largest_mmap_threshold():
     keep = steady_faults("keep", "tensor", [n])[n]
     assert release["faults"] >= 0.9 * pages, release     # the regime the policy is for (else this proves nothing)
     assert keep["faults"] <= 0.02 * pages, keep
-    assert keep["rss_growth_pages"] <= 0.02 * pages, keep  # steady: the heap does not keep growing
+    assert keep["rss_growth_pages_per_step"] <= 0.02 * pages, keep  # steady: the heap does not keep growing
 
 
 def test_a_training_steps_page_faults_per_token_do_not_grow_with_T_when_the_heap_is_kept():
@@ -93,7 +98,8 @@ def test_a_training_steps_page_faults_per_token_do_not_grow_with_T_when_the_heap
     assert all(release[T]["faults"] / T > 1 for T in sizes), release   # the regime: faults every step,
     assert release[2048]["faults"] / 2048 > 2 * release[256]["faults"] / 256, release   # more per token at long T
     # kept: a few dozen pages of Python-level noise at most, against > 1 per token released
-    assert all(keep[T]["faults"] / T < 0.25 and keep[T]["rss_growth_pages"] / T < 0.25 for T in sizes), keep
+    assert all(keep[T]["faults"] / T < 0.25 for T in sizes), keep
+    assert all(keep[T]["rss_growth_pages_per_step"] / T < 0.25 for T in sizes), keep
 
 
 def test_the_policy_is_checked_and_release_changes_nothing():
