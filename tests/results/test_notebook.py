@@ -45,7 +45,7 @@ def cache_table() -> str:
 def test_default_sweep_shows_the_package_table_and_figures():
     nb = execute(NOTEBOOK, ROOT, RUNS=[str(ROOT / "experiments")])
     assert outputs(nb, "text/markdown") == [cache_table()]
-    assert "| False | 3 | 800 |" in cache_table()       # the archive's cache-off arm, 3 seeds, 800 updates
+    assert "| False | 23 | 800 |" in cache_table()      # the archive's cache-off arm, 23 seeds, 800 updates
     assert len(pngs(nb)) == len(FIGURES["mini_cache"]) == 1
 
 

@@ -74,6 +74,20 @@ def test_tables_select_by_config_and_judge_paired_differences_against_the_predic
     assert row["verdict"] == "unresolved" and row["resolves"] == "" and row["predicted"] == ""   # no paper effect
 
 
+def test_the_delta_is_over_the_seeds_both_arms_ran(tmp_path):
+    """The base arm is shared: a cache sweep with 23 seeds gives the quadratic table a reference of 23 seeds
+    against the full arm's 3. Its mean then says nothing about the 3 seeds the full arm ran."""
+    vq = [2.0, 2.1, 2.2, 2.6, 2.7]
+    recs = [load_run(fake_run(tmp_path, "tvq/mini_cache", seed=s, bpb=b)) for s, b in enumerate(vq)]
+    recs += [load_run(fake_run(tmp_path, "tvq/mini_quadratic", attn_type="full", seed=s, bpb=vq[s] + 0.02))
+             for s in range(3)]
+    rows = {r["arm"]: r for r in summarize(SPEC["mini_quadratic"], recs)}
+    assert rows["vq"]["seeds"] == 5 and rows["full"]["seeds"] == 3
+    assert rows["full"]["mean"] - rows["vq"]["mean"] < -0.1        # the unpaired difference points the other way
+    assert rows["full"]["delta"] == pytest.approx(0.02)
+    assert rows["full"]["verdict"] == "disagrees (worse)"           # predicted better
+
+
 def test_the_longvq_comparison_tells_the_no_ssm_ablation_from_longvq_and_transformer_vq(tmp_path):
     runs = [load_run(fake_run(tmp_path, "longvq/mini_lm_compare", arch=arch, ssm=ssm, seed=seed, sequence_len=1024,
                               bpb=b + seed / 100))

@@ -75,7 +75,8 @@ def arms(spec: TableSpec, records: list[dict]) -> dict:
 
 
 def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
-    """One row per arm: mean and spread over seeds, the difference to the reference arm, and a verdict.
+    """One row per arm: mean and spread over seeds, the difference to the reference arm (the mean paired
+    difference, over the seeds both ran), and a verdict.
 
     The runs of one seed share data order and initialisation across arms, so the comparison is the paired
     difference seed by seed, with a 95% t confidence interval over seeds. The verdict: *agrees* / *disagrees*
@@ -97,9 +98,10 @@ def summarize(spec: TableSpec, records: list[dict]) -> list[dict]:
         if ref is None or r is ref:
             r["delta"], r["paired"], r["verdict"] = float("nan"), "", "reference" if r is ref else ""
             continue
-        r["delta"] = r["mean"] - ref["mean"]
         mine, base = by_seed[r["arm"]], by_seed[ref["arm"]]
         paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
+        # over the seeds both arms ran: a reference with more seeds than the arm must not shift the delta
+        r["delta"] = statistics.fmean(paired) if paired else r["mean"] - ref["mean"]
         r["paired"] = " ".join(f"{d:+.4f}" for d in paired)
         if len(paired) < 2:
             r["verdict"] = "one seed: no noise estimate"
@@ -127,9 +129,9 @@ def columns(rows: list[dict]) -> list[str]:
 
 def to_markdown(spec: TableSpec, rows: list[dict]) -> str:
     head = (f"### {spec.title}\n\nvalidation bits per byte (lower is better), mean over seeds; "
-            f"delta against {spec.vary} = {spec.reference}; paired = the same difference seed by seed, ci = its "
-            f"95% t interval; predicted = the direction fixed before running; resolves = the interval is narrower "
-            f"than the paper's effect"
+            f"delta against {spec.vary} = {spec.reference}, over the seeds both ran; paired = the same difference "
+            f"seed by seed, ci = its 95% t interval; predicted = the direction fixed before running; resolves = "
+            f"the interval is narrower than the paper's effect"
             + (f" ({spec.paper_effect:.3f} bpb)" if spec.paper_effect is not None else " (none given)")
             + f". Paper: {spec.paper}.\n\n")
     if not rows:
