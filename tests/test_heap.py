@@ -30,7 +30,8 @@ def steady_faults(step, warm=12):
     for _ in range(warm):
         step()
     # Per step, and the median of five: now and then one step faults a few dozen pages of interpreter-level
-    # noise (measured: 38-55 in one step of ten runs), which must not read as a per-step cost at small T.
+    # noise (measured: 55 pages in one run of six here, 77 in CI), which must not read as a per-step cost at
+    # small T.
     rss0 = int(open("/proc/self/statm").read().split()[1])
     faults = []
     for _ in range(5):
